@@ -1,8 +1,17 @@
 //! autoinvoice: generates affiliate invoices on each network's schedule, in its time zone.
 //!
 //! The pure core — [`schedule`] (SPEC §2), [`rules`] (§3) and [`money`] — takes values and
-//! returns values; storage, the daemon and HTTP are built around it.
+//! returns values. [`store`] is the one place for SQL, [`engine`] runs one run end to end,
+//! [`config`] turns the file and environment into typed settings, and [`commands`] are the
+//! CLI's commands.
 
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod engine;
+#[path = "../migrations/mod.rs"]
+pub mod migrations;
 pub mod money;
 pub mod rules;
 pub mod schedule;
+pub mod store;

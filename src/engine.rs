@@ -1,0 +1,663 @@
+//! One run, end to end: load what the rules need → apply them → persist. Shared by
+//! `run-due`, `preview` (which stops before persisting) and the daemon.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::config::{InvoiceSettings, Settings};
+use crate::money::{Currency, Totals};
+use crate::rules::{
+    AffiliateStatus, Decision, ExistingInvoice, PaymentSystem, Run, Screening, screen, settle,
+};
+use crate::schedule::{Period, PlannedRun, ScheduleSettings, TenantSchedule, due_runs};
+use crate::store::{
+    CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunStatus, Store, StoreError, TenantRow,
+};
+
+/// How long a run claim lasts without renewal; renewed at every invoice.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How often an affiliate is re-evaluated when its conversions keep changing under a run.
+const MAX_ATTEMPTS_PER_AFFILIATE: usize = 3;
+
+/// What the engine needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub schedule: ScheduleSettings,
+    pub invoice: InvoiceSettings,
+    pub node_id: String,
+    pub lease: Duration,
+}
+
+impl EngineSettings {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            schedule: settings.schedule,
+            invoice: settings.invoice.clone(),
+            node_id: settings.cluster.node_id.clone(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// A run failed; the message says where.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("this node lost its claim on run {run_id}")]
+    LostClaim { run_id: i64 },
+    #[error(
+        "affiliate {affiliate_id} {currency}: conversions kept changing during {attempts} attempts"
+    )]
+    Unsettled {
+        affiliate_id: i64,
+        currency: Currency,
+        attempts: usize,
+    },
+}
+
+/// An invoice created (or, in a preview, that would be created).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvoiceLine {
+    pub invoice_id: Option<i64>,
+    pub affiliate_id: i64,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub conversions_count: u64,
+    pub payment_system_id: i64,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+/// A skip, with its reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkipLine {
+    pub affiliate_id: i64,
+    pub currency: String,
+    pub reason: &'static str,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub amount: Option<Decimal>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Completed,
+    /// Another process holds its claim (not a failure).
+    ClaimedElsewhere,
+    /// Already completed by someone else before this process could claim it.
+    AlreadyCompleted,
+    Failed,
+    /// A dry run (preview).
+    Previewed,
+}
+
+/// One run's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunReport {
+    pub run_id: Option<i64>,
+    pub tenant_id: i64,
+    pub schedule: &'static str,
+    pub period_start_date: NaiveDate,
+    pub period_end_date: NaiveDate,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub outcome: RunOutcome,
+    pub error: Option<String>,
+    pub invoices: Vec<InvoiceLine>,
+    pub skips: Vec<SkipLine>,
+    /// Decisions by label (`created` and every reason), `no_payable_conversions` included.
+    pub decisions: BTreeMap<&'static str, u64>,
+    /// Payable conversions left out as bad data (affiliate not the tenant's, unreadable).
+    pub bad_conversions: u64,
+}
+
+/// A run recorded as missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MissedRun {
+    pub period_start_date: NaiveDate,
+    pub period_end_date: NaiveDate,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What happened to one tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TenantReport {
+    pub tenant_id: i64,
+    pub name: String,
+    /// Set when the tenant's stored settings cannot be scheduled.
+    pub misconfigured: Option<String>,
+    /// Set when its runs could not even be planned (the ledger was unreadable).
+    pub error: Option<String>,
+    pub runs: Vec<RunReport>,
+    /// Runs newly recorded as missed by this call.
+    pub missed: Vec<MissedRun>,
+}
+
+impl TenantReport {
+    /// Whether anything about this tenant counts as a failure for `run-due`'s exit status.
+    pub fn failed(&self) -> bool {
+        self.misconfigured.is_some()
+            || self.error.is_some()
+            || self.runs.iter().any(|r| r.outcome == RunOutcome::Failed)
+    }
+}
+
+/// One (affiliate, currency) decision before it is persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Planned {
+    affiliate_id: i64,
+    currency: Currency,
+    decision: Decision,
+}
+
+/// The engine: rules over a store.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    store: Store,
+    settings: EngineSettings,
+}
+
+impl Engine {
+    pub fn new(store: Store, settings: EngineSettings) -> Self {
+        Self { store, settings }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The runs of a tenant due at `now` and the missed ones (§2), from the ledger.
+    pub async fn due(
+        &self,
+        schedule: &TenantSchedule,
+        tenant_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<crate::schedule::DueRuns, StoreError> {
+        let since = now - self.settings.schedule.catch_up_window - chrono::Duration::days(1);
+        let ledger = self.store.run_ledger(tenant_id, since).await?;
+        Ok(due_runs(
+            schedule,
+            &self.settings.schedule,
+            now,
+            &ledger.completed,
+            ledger.latest_due_at,
+        ))
+    }
+
+    /// Executes every run of the tenant due at `now`, oldest first, after recording the
+    /// missed ones. Errors of one run are reported in its [`RunReport`]; later runs still go.
+    pub async fn run_due_for(&self, tenant: &TenantRow, now: DateTime<Utc>) -> TenantReport {
+        let mut report = TenantReport {
+            tenant_id: tenant.id,
+            name: tenant.name.clone(),
+            misconfigured: None,
+            error: None,
+            runs: Vec::new(),
+            missed: Vec::new(),
+        };
+        let schedule = match tenant.schedule() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(tenant_id = tenant.id, error = %e, "tenant misconfigured; skipped");
+                report.misconfigured = Some(e.reason);
+                return report;
+            }
+        };
+        let due = match self.due(&schedule, tenant.id, now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(tenant_id = tenant.id, error = %e, "cannot read the run ledger");
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        for missed in &due.missed {
+            match self
+                .store
+                .record_missed(tenant.id, schedule.schedule, missed)
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(
+                        tenant_id = tenant.id,
+                        period_start = %missed.key.start_date,
+                        period_end = %missed.key.end_date,
+                        due_at = %missed.instant,
+                        "run missed: outside the catch-up window; not executed"
+                    );
+                    report.missed.push(MissedRun {
+                        period_start_date: missed.key.start_date,
+                        period_end_date: missed.key.end_date,
+                        due_at: missed.instant,
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(tenant_id = tenant.id, error = %e, "cannot record a missed run")
+                }
+            }
+        }
+        for planned in &due.due {
+            report
+                .runs
+                .push(self.execute(tenant.id, &schedule, planned).await);
+        }
+        report
+    }
+
+    /// Executes one run under a claim and reports it; never panics, never returns early
+    /// without recording a failure it could record.
+    pub async fn execute(
+        &self,
+        tenant_id: i64,
+        schedule: &TenantSchedule,
+        planned: &PlannedRun,
+    ) -> RunReport {
+        let mut report = empty_report(tenant_id, schedule, planned, RunOutcome::Completed);
+        let node = self.settings.node_id.as_str();
+        let row = match self
+            .store
+            .ensure_run(tenant_id, schedule.schedule, planned)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => return fail(report, &e.to_string()),
+        };
+        report.run_id = Some(row.id);
+        if row.status == RunStatus::Completed {
+            report.outcome = RunOutcome::AlreadyCompleted;
+            return report;
+        }
+        match self
+            .store
+            .claim_run(row.id, node, self.settings.lease)
+            .await
+        {
+            Ok(RunClaim::Claimed) => {}
+            Ok(RunClaim::Completed) => {
+                report.outcome = RunOutcome::AlreadyCompleted;
+                return report;
+            }
+            Ok(RunClaim::HeldBy(holder)) => {
+                tracing::info!(tenant_id, run_id = row.id, holder = %holder, "run claimed by another process; left to it");
+                report.outcome = RunOutcome::ClaimedElsewhere;
+                return report;
+            }
+            Err(e) => return fail(report, &e.to_string()),
+        }
+        let span = tracing::info_span!("run", tenant_id, run_id = row.id);
+        let _enter = span.enter();
+        let run = Run {
+            period: planned.period,
+            key: planned.key,
+        };
+        match self
+            .execute_claimed(row.id, tenant_id, &run, &mut report)
+            .await
+        {
+            Ok(()) => match self.store.complete_run(row.id, node).await {
+                Ok(true) => {
+                    tracing::info!(
+                        invoices = report.invoices.len(),
+                        skips = report.skips.len(),
+                        "run completed"
+                    );
+                    report
+                }
+                Ok(false) => fail(
+                    report,
+                    &EngineError::LostClaim { run_id: row.id }.to_string(),
+                ),
+                Err(e) => fail(report, &e.to_string()),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "run failed");
+                if let Err(e2) = self.store.fail_run(row.id, node, &e.to_string()).await {
+                    tracing::error!(error = %e2, "cannot record the failure");
+                }
+                fail(report, &e.to_string())
+            }
+        }
+    }
+
+    async fn execute_claimed(
+        &self,
+        run_id: i64,
+        tenant_id: i64,
+        run: &Run,
+        report: &mut RunReport,
+    ) -> Result<(), EngineError> {
+        let (planned, bad) = self.evaluate(tenant_id, run, None).await?;
+        report.bad_conversions = bad;
+        let mut skips = Vec::new();
+        let mut queue: Vec<Planned> = planned;
+        let mut attempts: HashMap<(i64, Currency), usize> = HashMap::new();
+        while let Some(p) = queue.pop() {
+            *report.decisions.entry(p.decision.label()).or_default() += 1;
+            match p.decision {
+                Decision::Skip { reason, amount } => {
+                    if p.decision.is_recorded() {
+                        skips.push(SkipLine {
+                            affiliate_id: p.affiliate_id,
+                            currency: p.currency.to_string(),
+                            reason: reason.as_str(),
+                            amount,
+                        });
+                    }
+                }
+                Decision::Create(invoice) => {
+                    let outcome = self
+                        .store
+                        .create_invoice(&InvoiceToCreate {
+                            run_id,
+                            node_id: &self.settings.node_id,
+                            lease: self.settings.lease,
+                            tenant_id,
+                            affiliate_id: p.affiliate_id,
+                            run_key: run.key,
+                            invoice,
+                            status: &self.settings.invoice.status,
+                            comment: &self.settings.invoice.comment,
+                        })
+                        .await?;
+                    match outcome {
+                        CreateOutcome::Created { invoice_id } => {
+                            report
+                                .invoices
+                                .push(invoice_line(Some(invoice_id), &p, &invoice));
+                        }
+                        CreateOutcome::AlreadyInvoiced => {
+                            *report.decisions.entry("created").or_default() -= 1;
+                            *report.decisions.entry("already_invoiced").or_default() += 1;
+                            skips.push(SkipLine {
+                                affiliate_id: p.affiliate_id,
+                                currency: p.currency.to_string(),
+                                reason: "already_invoiced",
+                                amount: None,
+                            });
+                        }
+                        CreateOutcome::LostClaim => return Err(EngineError::LostClaim { run_id }),
+                        CreateOutcome::Mismatch { linked, sum } => {
+                            *report.decisions.entry("created").or_default() -= 1;
+                            let tries = attempts.entry((p.affiliate_id, p.currency)).or_default();
+                            *tries += 1;
+                            tracing::warn!(
+                                affiliate_id = p.affiliate_id,
+                                currency = %p.currency,
+                                counted = invoice.conversions_count,
+                                linked,
+                                %sum,
+                                "conversions changed while invoicing; re-evaluating the affiliate"
+                            );
+                            if *tries >= MAX_ATTEMPTS_PER_AFFILIATE {
+                                return Err(EngineError::Unsettled {
+                                    affiliate_id: p.affiliate_id,
+                                    currency: p.currency,
+                                    attempts: *tries,
+                                });
+                            }
+                            let scope = Some((p.affiliate_id, p.currency));
+                            let (again, _) = self.evaluate(tenant_id, run, scope).await?;
+                            queue.extend(again);
+                        }
+                    }
+                }
+            }
+        }
+        skips.sort_by_key(|s| (s.affiliate_id, s.currency.clone()));
+        report
+            .invoices
+            .sort_by_key(|i| (i.affiliate_id, i.currency.clone()));
+        let rows: Vec<DecisionRow> = skips
+            .iter()
+            .map(|s| DecisionRow {
+                affiliate_id: s.affiliate_id,
+                currency: s.currency.clone(),
+                reason: Some(s.reason),
+                invoice_id: None,
+                amount: s.amount,
+            })
+            .collect();
+        self.store.record_skips(run_id, tenant_id, &rows).await?;
+        report.skips = skips;
+        Ok(())
+    }
+
+    /// Applies §3 to every affiliate of the tenant (or one of them) for a run, reading only.
+    /// Returns the decisions and the number of payable conversions left out as bad data.
+    async fn evaluate(
+        &self,
+        tenant_id: i64,
+        run: &Run,
+        scope: Option<(i64, Currency)>,
+    ) -> Result<(Vec<Planned>, u64), StoreError> {
+        let affiliate = scope.map(|(id, _)| id);
+        let statuses: HashMap<i64, AffiliateStatus> = self
+            .store
+            .affiliates(tenant_id, affiliate)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.status.parse().unwrap_or(AffiliateStatus::Unknown)))
+            .collect();
+        let totals = self
+            .store
+            .payable_totals(tenant_id, run.period, scope)
+            .await?;
+        let mut bad = if affiliate.is_none() {
+            self.store
+                .mismatched_conversions(tenant_id, run.period)
+                .await?
+        } else {
+            0
+        };
+        if totals.is_empty() {
+            return Ok((Vec::new(), bad));
+        }
+        let payment_systems = self.store.payment_systems(tenant_id, affiliate).await?;
+        let invoices = self
+            .store
+            .existing_invoices(tenant_id, run, affiliate)
+            .await?;
+        let none_ps: Vec<PaymentSystem> = Vec::new();
+        let none_inv: Vec<ExistingInvoice> = Vec::new();
+        let mut planned = Vec::with_capacity(totals.len());
+        for total in totals {
+            let Ok(currency) = total.currency.parse::<Currency>() else {
+                tracing::warn!(affiliate_id = total.affiliate_id, currency = %total.currency, "payable conversions with an invalid currency code left out");
+                bad += total.totals.map(|t| t.count).unwrap_or(1);
+                continue;
+            };
+            let in_period = match total.totals {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(affiliate_id = total.affiliate_id, %currency, error = %e, "unreadable payout; affiliate left out of this run");
+                    bad += 1;
+                    continue;
+                }
+            };
+            let status = statuses
+                .get(&total.affiliate_id)
+                .copied()
+                .unwrap_or(AffiliateStatus::Unknown);
+            let existing = invoices.get(&total.affiliate_id).unwrap_or(&none_inv);
+            let decision = match screen(status, currency, existing, run) {
+                Screening::Skip(reason) => Decision::skip(reason),
+                Screening::Take { from } => {
+                    let payable = if from == run.period.start {
+                        in_period
+                    } else {
+                        self.totals_from(
+                            tenant_id,
+                            total.affiliate_id,
+                            currency,
+                            from,
+                            run.period.end,
+                        )
+                        .await?
+                    };
+                    let systems = payment_systems.get(&total.affiliate_id).unwrap_or(&none_ps);
+                    settle(currency, from, run, payable, systems)
+                }
+            };
+            planned.push(Planned {
+                affiliate_id: total.affiliate_id,
+                currency,
+                decision,
+            });
+        }
+        planned.sort_by_key(|p| std::cmp::Reverse((p.affiliate_id, p.currency)));
+        Ok((planned, bad))
+    }
+
+    async fn totals_from(
+        &self,
+        tenant_id: i64,
+        affiliate_id: i64,
+        currency: Currency,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Totals, StoreError> {
+        let range = Period {
+            start: from,
+            end: to,
+        };
+        let rows = self
+            .store
+            .payable_totals(tenant_id, range, Some((affiliate_id, currency)))
+            .await?;
+        match rows.into_iter().next() {
+            None => Ok(Totals::default()),
+            Some(t) => t.totals.map_err(|detail| StoreError::BadData {
+                table: "conversions",
+                detail,
+            }),
+        }
+    }
+
+    /// The dry run of the runs due at `at` for one tenant: what would be created and every
+    /// skip, writing nothing.
+    pub async fn preview(&self, tenant: &TenantRow, at: DateTime<Utc>) -> TenantReport {
+        let mut report = TenantReport {
+            tenant_id: tenant.id,
+            name: tenant.name.clone(),
+            misconfigured: None,
+            error: None,
+            runs: Vec::new(),
+            missed: Vec::new(),
+        };
+        let schedule = match tenant.schedule() {
+            Ok(s) => s,
+            Err(e) => {
+                report.misconfigured = Some(e.reason);
+                return report;
+            }
+        };
+        let due = match self.due(&schedule, tenant.id, at).await {
+            Ok(d) => d,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        report.missed = due
+            .missed
+            .iter()
+            .map(|m| MissedRun {
+                period_start_date: m.key.start_date,
+                period_end_date: m.key.end_date,
+                due_at: m.instant,
+            })
+            .collect();
+        for planned in &due.due {
+            let mut run_report = empty_report(tenant.id, &schedule, planned, RunOutcome::Previewed);
+            let run = Run {
+                period: planned.period,
+                key: planned.key,
+            };
+            match self.evaluate(tenant.id, &run, None).await {
+                Ok((decisions, bad)) => {
+                    run_report.bad_conversions = bad;
+                    for p in decisions.iter().rev() {
+                        *run_report.decisions.entry(p.decision.label()).or_default() += 1;
+                        match p.decision {
+                            Decision::Create(inv) => {
+                                run_report.invoices.push(invoice_line(None, p, &inv))
+                            }
+                            Decision::Skip { reason, amount } if p.decision.is_recorded() => {
+                                run_report.skips.push(SkipLine {
+                                    affiliate_id: p.affiliate_id,
+                                    currency: p.currency.to_string(),
+                                    reason: reason.as_str(),
+                                    amount,
+                                })
+                            }
+                            Decision::Skip { .. } => {}
+                        }
+                    }
+                }
+                Err(e) => run_report = fail(run_report, &e.to_string()),
+            }
+            report.runs.push(run_report);
+        }
+        report
+    }
+}
+
+fn invoice_line(
+    invoice_id: Option<i64>,
+    p: &Planned,
+    inv: &crate::rules::NewInvoice,
+) -> InvoiceLine {
+    InvoiceLine {
+        invoice_id,
+        affiliate_id: p.affiliate_id,
+        currency: p.currency.to_string(),
+        amount: inv.amount,
+        conversions_count: inv.conversions_count,
+        payment_system_id: inv.payment_system_id,
+        period_start: inv.from,
+        period_end: inv.to,
+    }
+}
+
+fn empty_report(
+    tenant_id: i64,
+    schedule: &TenantSchedule,
+    planned: &PlannedRun,
+    outcome: RunOutcome,
+) -> RunReport {
+    RunReport {
+        run_id: None,
+        tenant_id,
+        schedule: schedule.schedule.as_str(),
+        period_start_date: planned.key.start_date,
+        period_end_date: planned.key.end_date,
+        period_start: planned.period.start,
+        period_end: planned.period.end,
+        due_at: planned.instant,
+        outcome,
+        error: None,
+        invoices: Vec::new(),
+        skips: Vec::new(),
+        decisions: BTreeMap::new(),
+        bad_conversions: 0,
+    }
+}
+
+fn fail(mut report: RunReport, error: &str) -> RunReport {
+    report.outcome = RunOutcome::Failed;
+    report.error = Some(error.to_owned());
+    report
+}
