@@ -53,6 +53,31 @@ impl<T> Context<T> for Result<T, DbErr> {
     }
 }
 
+async fn probe(settings: &DatabaseSettings) -> Result<(), DbErr> {
+    use sea_orm::sqlx::Connection;
+    let attempt = async {
+        match settings.backend {
+            Backend::Postgres => {
+                sea_orm::sqlx::postgres::PgConnection::connect(&settings.url)
+                    .await?
+                    .close()
+                    .await
+            }
+            Backend::Sqlite => {
+                sea_orm::sqlx::sqlite::SqliteConnection::connect(&settings.url)
+                    .await?
+                    .close()
+                    .await
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))),
+        Err(_) => Err(DbErr::Custom("no answer within 10 s".into())),
+    }
+}
+
 /// The database, and which dialect it speaks.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -75,6 +100,9 @@ impl Store {
             url: redact_url(&settings.url),
             source,
         };
+        // One direct connection first: a pool only reports "timed out" after retrying for
+        // its acquire timeout, while the driver says at once what is wrong (refused, auth…).
+        probe(settings).await.map_err(connect_error)?;
         let db = Database::connect(options).await.map_err(connect_error)?;
         let store = Self {
             db,
