@@ -127,7 +127,11 @@ pub async fn run_due(
     let engine = Engine::new(store, EngineSettings::from_settings(settings));
     let mut reports = Vec::with_capacity(tenants.len());
     for t in &tenants {
-        reports.push(engine.run_due_for(t, now).await);
+        reports.push(
+            engine
+                .run_due_for(t, now, &tokio_util::sync::CancellationToken::new())
+                .await,
+        );
     }
     print_reports("run-due", now, &reports, json);
     Ok(exit_for(&reports))

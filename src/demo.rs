@@ -110,7 +110,11 @@ pub async fn run(settings: &Settings) -> Result<ExitCode, CliError> {
     let tenants = store.tenants().await.map_err(runtime)?;
     let mut reports = Vec::new();
     for t in tenants.iter().filter(|t| (1..=7).contains(&t.id)) {
-        reports.push(engine.run_due_for(t, now).await);
+        reports.push(
+            engine
+                .run_due_for(t, now, &tokio_util::sync::CancellationToken::new())
+                .await,
+        );
     }
     print!("{}", render_text("run-due", now, &reports));
     // The misconfigured demo tenant is shown on purpose: it is not a failure of the demo.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{InvoiceSettings, Settings};
 use crate::money::{Currency, Totals};
@@ -150,6 +152,68 @@ impl TenantReport {
     }
 }
 
+/// A claimed run: what identifies it to the affiliates settling it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunContext {
+    pub run_id: i64,
+    pub tenant_id: i64,
+    pub run: Run,
+}
+
+/// What §3 reads of one affiliate for one run, loaded in bulk for the whole run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffiliateWork {
+    pub affiliate_id: i64,
+    pub status: AffiliateStatus,
+    pub payment_systems: Vec<PaymentSystem>,
+    pub invoices: Vec<ExistingInvoice>,
+    /// Payable conversions in the whole period, per currency.
+    pub totals: Vec<(Currency, Totals)>,
+}
+
+/// What settling one affiliate produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AffiliateResult {
+    pub invoices: Vec<InvoiceLine>,
+    pub skips: Vec<SkipLine>,
+    /// Decisions by label, `no_payable_conversions` included.
+    pub decisions: BTreeMap<&'static str, u64>,
+}
+
+impl AffiliateResult {
+    fn count(&mut self, label: &'static str) {
+        *self.decisions.entry(label).or_default() += 1;
+    }
+}
+
+/// A run ready for its affiliates to be settled.
+#[derive(Debug)]
+pub struct PreparedRun {
+    pub context: RunContext,
+    report: RunReport,
+    /// One unit of work per affiliate with payable conversions in the period.
+    pub work: Vec<AffiliateWork>,
+}
+
+impl PreparedRun {
+    /// The span every log line of this run is recorded in.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "run",
+            tenant_id = self.context.tenant_id,
+            run_id = self.context.run_id
+        )
+    }
+}
+
+/// The result of [`Engine::prepare`].
+#[derive(Debug)]
+pub enum Prepared {
+    Ready(PreparedRun),
+    /// Nothing to execute; the report says why.
+    Done(RunReport),
+}
+
 /// One (affiliate, currency) decision before it is persisted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Planned {
@@ -198,7 +262,12 @@ impl Engine {
 
     /// Executes every run of the tenant due at `now`, oldest first, after recording the
     /// missed ones. Errors of one run are reported in its [`RunReport`]; later runs still go.
-    pub async fn run_due_for(&self, tenant: &TenantRow, now: DateTime<Utc>) -> TenantReport {
+    pub async fn run_due_for(
+        &self,
+        tenant: &TenantRow,
+        now: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> TenantReport {
         let mut report = TenantReport {
             tenant_id: tenant.id,
             name: tenant.name.clone(),
@@ -252,19 +321,56 @@ impl Engine {
         for planned in &due.due {
             report
                 .runs
-                .push(self.execute(tenant.id, &schedule, planned).await);
+                .push(self.execute(tenant.id, &schedule, planned, cancel).await);
         }
         report
     }
 
-    /// Executes one run under a claim and reports it; never panics, never returns early
-    /// without recording a failure it could record.
+    /// Executes one run under a claim, settling its affiliates one after another, and
+    /// reports it. Stops between affiliates when `cancel` fires, releasing the claim so the
+    /// next start resumes the run at once. Never panics.
     pub async fn execute(
         &self,
         tenant_id: i64,
         schedule: &TenantSchedule,
         planned: &PlannedRun,
+        cancel: &CancellationToken,
     ) -> RunReport {
+        let prepared = match self.prepare(tenant_id, schedule, planned).await {
+            Prepared::Ready(p) => p,
+            Prepared::Done(report) => return report,
+        };
+        let span = prepared.span();
+        async {
+            let mut results = Vec::with_capacity(prepared.work.len());
+            let mut interrupted = false;
+            for work in &prepared.work {
+                if cancel.is_cancelled() {
+                    interrupted = true;
+                    break;
+                }
+                let result = self.settle(&prepared.context, work).await;
+                let failed = result.is_err();
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+            self.finish(prepared, results, interrupted).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Records the run, claims it and loads what its affiliates need, in a few set-based
+    /// queries. `Done` when there is nothing to execute (completed, claimed elsewhere) or
+    /// the preparation failed.
+    pub async fn prepare(
+        &self,
+        tenant_id: i64,
+        schedule: &TenantSchedule,
+        planned: &PlannedRun,
+    ) -> Prepared {
         let mut report = empty_report(tenant_id, schedule, planned, RunOutcome::Completed);
         let node = self.settings.node_id.as_str();
         let row = match self
@@ -273,12 +379,12 @@ impl Engine {
             .await
         {
             Ok(row) => row,
-            Err(e) => return fail(report, &e.to_string()),
+            Err(e) => return Prepared::Done(fail(report, &e.to_string())),
         };
         report.run_id = Some(row.id);
         if row.status == RunStatus::Completed {
             report.outcome = RunOutcome::AlreadyCompleted;
-            return report;
+            return Prepared::Done(report);
         }
         match self
             .store
@@ -288,138 +394,187 @@ impl Engine {
             Ok(RunClaim::Claimed) => {}
             Ok(RunClaim::Completed) => {
                 report.outcome = RunOutcome::AlreadyCompleted;
-                return report;
+                return Prepared::Done(report);
             }
             Ok(RunClaim::HeldBy(holder)) => {
                 tracing::info!(tenant_id, run_id = row.id, holder = %holder, "run claimed by another process; left to it");
                 report.outcome = RunOutcome::ClaimedElsewhere;
-                return report;
+                return Prepared::Done(report);
             }
-            Err(e) => return fail(report, &e.to_string()),
+            Err(e) => return Prepared::Done(fail(report, &e.to_string())),
         }
-        let span = tracing::info_span!("run", tenant_id, run_id = row.id);
-        let _enter = span.enter();
-        let run = Run {
-            period: planned.period,
-            key: planned.key,
-        };
-        match self
-            .execute_claimed(row.id, tenant_id, &run, &mut report)
-            .await
-        {
-            Ok(()) => match self.store.complete_run(row.id, node).await {
-                Ok(true) => {
-                    tracing::info!(
-                        invoices = report.invoices.len(),
-                        skips = report.skips.len(),
-                        "run completed"
-                    );
-                    report
-                }
-                Ok(false) => fail(
-                    report,
-                    &EngineError::LostClaim { run_id: row.id }.to_string(),
-                ),
-                Err(e) => fail(report, &e.to_string()),
+        let context = RunContext {
+            run_id: row.id,
+            tenant_id,
+            run: Run {
+                period: planned.period,
+                key: planned.key,
             },
+        };
+        match self.load_work(tenant_id, &context.run, None).await {
+            Ok((work, bad)) => {
+                report.bad_conversions = bad;
+                tracing::info!(
+                    tenant_id,
+                    run_id = row.id,
+                    affiliates = work.len(),
+                    "run started"
+                );
+                Prepared::Ready(PreparedRun {
+                    context,
+                    report,
+                    work,
+                })
+            }
             Err(e) => {
-                tracing::error!(error = %e, "run failed");
-                if let Err(e2) = self.store.fail_run(row.id, node, &e.to_string()).await {
-                    tracing::error!(error = %e2, "cannot record the failure");
+                let message = e.to_string();
+                if let Err(e2) = self.store.fail_run(row.id, node, &message).await {
+                    tracing::error!(tenant_id, run_id = row.id, error = %e2, "cannot record the failure");
                 }
-                fail(report, &e.to_string())
+                Prepared::Done(fail(report, &message))
             }
         }
     }
 
-    async fn execute_claimed(
+    /// Applies §3 to one affiliate of a claimed run and persists the result: each invoice
+    /// with its links in one fenced transaction; re-evaluates a currency whose conversions
+    /// changed meanwhile.
+    pub async fn settle(
         &self,
-        run_id: i64,
-        tenant_id: i64,
-        run: &Run,
-        report: &mut RunReport,
-    ) -> Result<(), EngineError> {
-        let (planned, bad) = self.evaluate(tenant_id, run, None).await?;
-        report.bad_conversions = bad;
-        let mut skips = Vec::new();
-        let mut queue: Vec<Planned> = planned;
-        let mut attempts: HashMap<(i64, Currency), usize> = HashMap::new();
+        context: &RunContext,
+        work: &AffiliateWork,
+    ) -> Result<AffiliateResult, EngineError> {
+        let mut result = AffiliateResult::default();
+        let mut queue = self.decide(context.tenant_id, &context.run, work).await?;
+        let mut attempts: HashMap<Currency, usize> = HashMap::new();
         while let Some(p) = queue.pop() {
-            *report.decisions.entry(p.decision.label()).or_default() += 1;
-            match p.decision {
-                Decision::Skip { reason, amount } => {
-                    if p.decision.is_recorded() {
-                        skips.push(SkipLine {
+            let Decision::Create(invoice) = p.decision else {
+                result.count(p.decision.label());
+                if let Decision::Skip { reason, amount } = p.decision
+                    && p.decision.is_recorded()
+                {
+                    result.skips.push(skip_line(&p, reason.as_str(), amount));
+                }
+                continue;
+            };
+            let outcome = self
+                .store
+                .create_invoice(&InvoiceToCreate {
+                    run_id: context.run_id,
+                    node_id: &self.settings.node_id,
+                    lease: self.settings.lease,
+                    tenant_id: context.tenant_id,
+                    affiliate_id: p.affiliate_id,
+                    run_key: context.run.key,
+                    invoice,
+                    status: &self.settings.invoice.status,
+                    comment: &self.settings.invoice.comment,
+                })
+                .await?;
+            match outcome {
+                CreateOutcome::Created { invoice_id } => {
+                    result.count("created");
+                    result
+                        .invoices
+                        .push(invoice_line(Some(invoice_id), &p, &invoice));
+                }
+                CreateOutcome::AlreadyInvoiced => {
+                    result.count("already_invoiced");
+                    result.skips.push(skip_line(&p, "already_invoiced", None));
+                }
+                CreateOutcome::LostClaim => {
+                    return Err(EngineError::LostClaim {
+                        run_id: context.run_id,
+                    });
+                }
+                CreateOutcome::Mismatch { linked, sum } => {
+                    let tries = attempts.entry(p.currency).or_default();
+                    *tries += 1;
+                    tracing::warn!(
+                        affiliate_id = p.affiliate_id,
+                        currency = %p.currency,
+                        counted = invoice.conversions_count,
+                        linked,
+                        %sum,
+                        "conversions changed while invoicing; re-evaluating the affiliate"
+                    );
+                    if *tries >= MAX_ATTEMPTS_PER_AFFILIATE {
+                        return Err(EngineError::Unsettled {
                             affiliate_id: p.affiliate_id,
-                            currency: p.currency.to_string(),
-                            reason: reason.as_str(),
-                            amount,
+                            currency: p.currency,
+                            attempts: *tries,
                         });
                     }
-                }
-                Decision::Create(invoice) => {
-                    let outcome = self
-                        .store
-                        .create_invoice(&InvoiceToCreate {
-                            run_id,
-                            node_id: &self.settings.node_id,
-                            lease: self.settings.lease,
-                            tenant_id,
-                            affiliate_id: p.affiliate_id,
-                            run_key: run.key,
-                            invoice,
-                            status: &self.settings.invoice.status,
-                            comment: &self.settings.invoice.comment,
-                        })
+                    let scope = Some((p.affiliate_id, p.currency));
+                    let (fresh, _) = self
+                        .load_work(context.tenant_id, &context.run, scope)
                         .await?;
-                    match outcome {
-                        CreateOutcome::Created { invoice_id } => {
-                            report
-                                .invoices
-                                .push(invoice_line(Some(invoice_id), &p, &invoice));
-                        }
-                        CreateOutcome::AlreadyInvoiced => {
-                            *report.decisions.entry("created").or_default() -= 1;
-                            *report.decisions.entry("already_invoiced").or_default() += 1;
-                            skips.push(SkipLine {
-                                affiliate_id: p.affiliate_id,
-                                currency: p.currency.to_string(),
-                                reason: "already_invoiced",
-                                amount: None,
-                            });
-                        }
-                        CreateOutcome::LostClaim => return Err(EngineError::LostClaim { run_id }),
-                        CreateOutcome::Mismatch { linked, sum } => {
-                            *report.decisions.entry("created").or_default() -= 1;
-                            let tries = attempts.entry((p.affiliate_id, p.currency)).or_default();
-                            *tries += 1;
-                            tracing::warn!(
-                                affiliate_id = p.affiliate_id,
-                                currency = %p.currency,
-                                counted = invoice.conversions_count,
-                                linked,
-                                %sum,
-                                "conversions changed while invoicing; re-evaluating the affiliate"
-                            );
-                            if *tries >= MAX_ATTEMPTS_PER_AFFILIATE {
-                                return Err(EngineError::Unsettled {
-                                    affiliate_id: p.affiliate_id,
-                                    currency: p.currency,
-                                    attempts: *tries,
-                                });
-                            }
-                            let scope = Some((p.affiliate_id, p.currency));
-                            let (again, _) = self.evaluate(tenant_id, run, scope).await?;
-                            queue.extend(again);
-                        }
+                    for w in &fresh {
+                        queue.extend(self.decide(context.tenant_id, &context.run, w).await?);
                     }
                 }
             }
         }
-        skips.sort_by_key(|s| (s.affiliate_id, s.currency.clone()));
+        Ok(result)
+    }
+
+    /// Ends a claimed run: records its skips and completes it; or, when an affiliate
+    /// failed, records the failure (retried later); or, when interrupted, releases the claim.
+    pub async fn finish(
+        &self,
+        prepared: PreparedRun,
+        results: Vec<Result<AffiliateResult, EngineError>>,
+        interrupted: bool,
+    ) -> RunReport {
+        let PreparedRun {
+            context,
+            mut report,
+            ..
+        } = prepared;
+        let node = self.settings.node_id.as_str();
+        let mut error = None;
+        let mut skips = Vec::new();
+        for result in results {
+            match result {
+                Ok(r) => {
+                    for (label, n) in r.decisions {
+                        *report.decisions.entry(label).or_default() += n;
+                    }
+                    report.invoices.extend(r.invoices);
+                    skips.extend(r.skips);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
         report
             .invoices
-            .sort_by_key(|i| (i.affiliate_id, i.currency.clone()));
+            .sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
+        skips.sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
+        if let Some(e) = error {
+            tracing::error!(tenant_id = context.tenant_id, run_id = context.run_id, error = %e, "run failed");
+            if let Err(e2) = self
+                .store
+                .fail_run(context.run_id, node, &e.to_string())
+                .await
+            {
+                tracing::error!(error = %e2, "cannot record the failure");
+            }
+            return fail(report, &e.to_string());
+        }
+        if interrupted {
+            tracing::warn!(
+                tenant_id = context.tenant_id,
+                run_id = context.run_id,
+                "run interrupted by shutdown; the next start resumes it"
+            );
+            if let Err(e) = self.store.release_run(context.run_id, node).await {
+                tracing::error!(error = %e, "cannot release the run's claim");
+            }
+            report.skips = skips;
+            return fail(report, "interrupted by shutdown");
+        }
         let rows: Vec<DecisionRow> = skips
             .iter()
             .map(|s| DecisionRow {
@@ -430,32 +585,61 @@ impl Engine {
                 amount: s.amount,
             })
             .collect();
-        self.store.record_skips(run_id, tenant_id, &rows).await?;
         report.skips = skips;
-        Ok(())
+        let completed = match self
+            .store
+            .record_skips(context.run_id, context.tenant_id, &rows)
+            .await
+        {
+            Ok(()) => self.store.complete_run(context.run_id, node).await,
+            Err(e) => Err(e),
+        };
+        match completed {
+            Ok(true) => {
+                tracing::info!(
+                    tenant_id = context.tenant_id,
+                    run_id = context.run_id,
+                    invoices = report.invoices.len(),
+                    skips = report.skips.len(),
+                    "run completed"
+                );
+                report
+            }
+            Ok(false) => fail(
+                report,
+                &EngineError::LostClaim {
+                    run_id: context.run_id,
+                }
+                .to_string(),
+            ),
+            Err(e) => {
+                if let Err(e2) = self
+                    .store
+                    .fail_run(context.run_id, node, &e.to_string())
+                    .await
+                {
+                    tracing::error!(error = %e2, "cannot record the failure");
+                }
+                fail(report, &e.to_string())
+            }
+        }
     }
 
-    /// Applies §3 to every affiliate of the tenant (or one of them) for a run, reading only.
-    /// Returns the decisions and the number of payable conversions left out as bad data.
-    async fn evaluate(
+    /// Loads what §3 reads for every affiliate of the tenant that has payable conversions
+    /// in the run's period (or for one affiliate and currency), grouped by affiliate, with
+    /// the number of payable conversions left out as bad data.
+    async fn load_work(
         &self,
         tenant_id: i64,
         run: &Run,
         scope: Option<(i64, Currency)>,
-    ) -> Result<(Vec<Planned>, u64), StoreError> {
+    ) -> Result<(Vec<AffiliateWork>, u64), StoreError> {
         let affiliate = scope.map(|(id, _)| id);
-        let statuses: HashMap<i64, AffiliateStatus> = self
-            .store
-            .affiliates(tenant_id, affiliate)
-            .await?
-            .into_iter()
-            .map(|a| (a.id, a.status.parse().unwrap_or(AffiliateStatus::Unknown)))
-            .collect();
         let totals = self
             .store
             .payable_totals(tenant_id, run.period, scope)
             .await?;
-        let mut bad = if affiliate.is_none() {
+        let mut bad = if scope.is_none() {
             self.store
                 .mismatched_conversions(tenant_id, run.period)
                 .await?
@@ -465,14 +649,19 @@ impl Engine {
         if totals.is_empty() {
             return Ok((Vec::new(), bad));
         }
-        let payment_systems = self.store.payment_systems(tenant_id, affiliate).await?;
-        let invoices = self
+        let statuses: HashMap<i64, AffiliateStatus> = self
+            .store
+            .affiliates(tenant_id, affiliate)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.status.parse().unwrap_or(AffiliateStatus::Unknown)))
+            .collect();
+        let mut payment_systems = self.store.payment_systems(tenant_id, affiliate).await?;
+        let mut invoices = self
             .store
             .existing_invoices(tenant_id, run, affiliate)
             .await?;
-        let none_ps: Vec<PaymentSystem> = Vec::new();
-        let none_inv: Vec<ExistingInvoice> = Vec::new();
-        let mut planned = Vec::with_capacity(totals.len());
+        let mut by_affiliate: BTreeMap<i64, AffiliateWork> = BTreeMap::new();
         for total in totals {
             let Ok(currency) = total.currency.parse::<Currency>() else {
                 tracing::warn!(affiliate_id = total.affiliate_id, currency = %total.currency, "payable conversions with an invalid currency code left out");
@@ -482,17 +671,38 @@ impl Engine {
             let in_period = match total.totals {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::error!(affiliate_id = total.affiliate_id, %currency, error = %e, "unreadable payout; affiliate left out of this run");
+                    tracing::error!(affiliate_id = total.affiliate_id, %currency, error = %e, "unreadable payout; affiliate and currency left out of this run");
                     bad += 1;
                     continue;
                 }
             };
-            let status = statuses
-                .get(&total.affiliate_id)
-                .copied()
-                .unwrap_or(AffiliateStatus::Unknown);
-            let existing = invoices.get(&total.affiliate_id).unwrap_or(&none_inv);
-            let decision = match screen(status, currency, existing, run) {
+            let id = total.affiliate_id;
+            let work = by_affiliate.entry(id).or_insert_with(|| AffiliateWork {
+                affiliate_id: id,
+                status: statuses
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(AffiliateStatus::Unknown),
+                payment_systems: payment_systems.remove(&id).unwrap_or_default(),
+                invoices: invoices.remove(&id).unwrap_or_default(),
+                totals: Vec::new(),
+            });
+            work.totals.push((currency, in_period));
+        }
+        Ok((by_affiliate.into_values().collect(), bad))
+    }
+
+    /// §3 for one affiliate: screen each currency, total from its effective start when an
+    /// overlap moved it, settle. Returned in reverse order, to be popped.
+    async fn decide(
+        &self,
+        tenant_id: i64,
+        run: &Run,
+        work: &AffiliateWork,
+    ) -> Result<Vec<Planned>, StoreError> {
+        let mut planned = Vec::with_capacity(work.totals.len());
+        for &(currency, in_period) in &work.totals {
+            let decision = match screen(work.status, currency, &work.invoices, run) {
                 Screening::Skip(reason) => Decision::skip(reason),
                 Screening::Take { from } => {
                     let payable = if from == run.period.start {
@@ -500,25 +710,24 @@ impl Engine {
                     } else {
                         self.totals_from(
                             tenant_id,
-                            total.affiliate_id,
+                            work.affiliate_id,
                             currency,
                             from,
                             run.period.end,
                         )
                         .await?
                     };
-                    let systems = payment_systems.get(&total.affiliate_id).unwrap_or(&none_ps);
-                    settle(currency, from, run, payable, systems)
+                    settle(currency, from, run, payable, &work.payment_systems)
                 }
             };
             planned.push(Planned {
-                affiliate_id: total.affiliate_id,
+                affiliate_id: work.affiliate_id,
                 currency,
                 decision,
             });
         }
-        planned.sort_by_key(|p| std::cmp::Reverse((p.affiliate_id, p.currency)));
-        Ok((planned, bad))
+        planned.sort_by_key(|p| std::cmp::Reverse(p.currency));
+        Ok(planned)
     }
 
     async fn totals_from(
@@ -544,6 +753,18 @@ impl Engine {
                 detail,
             }),
         }
+    }
+
+    /// Every decision of a run, in affiliate and currency order, without writing anything.
+    async fn dry_run(&self, tenant_id: i64, run: &Run) -> Result<(Vec<Planned>, u64), StoreError> {
+        let (work, bad) = self.load_work(tenant_id, run, None).await?;
+        let mut decisions = Vec::new();
+        for w in &work {
+            let mut planned = self.decide(tenant_id, run, w).await?;
+            planned.reverse();
+            decisions.extend(planned);
+        }
+        Ok((decisions, bad))
     }
 
     /// The dry run of the runs due at `at` for one tenant: what would be created and every
@@ -586,22 +807,17 @@ impl Engine {
                 period: planned.period,
                 key: planned.key,
             };
-            match self.evaluate(tenant.id, &run, None).await {
+            match self.dry_run(tenant.id, &run).await {
                 Ok((decisions, bad)) => {
                     run_report.bad_conversions = bad;
-                    for p in decisions.iter().rev() {
+                    for p in &decisions {
                         *run_report.decisions.entry(p.decision.label()).or_default() += 1;
                         match p.decision {
                             Decision::Create(inv) => {
                                 run_report.invoices.push(invoice_line(None, p, &inv))
                             }
                             Decision::Skip { reason, amount } if p.decision.is_recorded() => {
-                                run_report.skips.push(SkipLine {
-                                    affiliate_id: p.affiliate_id,
-                                    currency: p.currency.to_string(),
-                                    reason: reason.as_str(),
-                                    amount,
-                                })
+                                run_report.skips.push(skip_line(p, reason.as_str(), amount))
                             }
                             Decision::Skip { .. } => {}
                         }
@@ -629,6 +845,15 @@ fn invoice_line(
         payment_system_id: inv.payment_system_id,
         period_start: inv.from,
         period_end: inv.to,
+    }
+}
+
+fn skip_line(p: &Planned, reason: &'static str, amount: Option<Decimal>) -> SkipLine {
+    SkipLine {
+        affiliate_id: p.affiliate_id,
+        currency: p.currency.to_string(),
+        reason,
+        amount,
     }
 }
 

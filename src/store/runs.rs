@@ -348,6 +348,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Gives a claimed run back (status `pending`, no claim), so that any node may resume
+    /// it at once: a graceful shutdown does this with the runs it cuts short.
+    pub async fn release_run(&self, run_id: i64, node: &str) -> Result<(), StoreError> {
+        self.db
+            .execute_raw(self.statement(
+                "UPDATE invoice_runs
+                    SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL,
+                        error = 'interrupted by shutdown'
+                  WHERE id = $1 AND claimed_by = $2",
+                vec![run_id.into(), node.into()],
+            ))
+            .await
+            .context("releasing a run")?;
+        Ok(())
+    }
+}
+
 /// Renews the claim on a run and checks it is still ours, inside the caller's transaction:
 /// `false` means the claim was lost and the transaction must not commit.
 pub(crate) async fn fence(
