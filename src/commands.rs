@@ -49,21 +49,42 @@ pub fn load_settings(source: &Source) -> Result<Settings, CliError> {
     Settings::load(source).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-/// Sets up logging to stderr: `RUST_LOG` when set, else `level`.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},sqlx=warn,sea_orm=warn,sea_orm_migration=warn,sqlx::postgres::notice=warn"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// Changes the log level of a running process (SIGHUP).
+pub type LogLevelHandle = Box<dyn Fn(&str) + Send + Sync>;
+
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!(
+        "{level},sqlx=warn,sea_orm=warn,sea_orm_migration=warn,sqlx::postgres::notice=warn"
+    ))
+}
+
+/// Sets up logging to stderr: `RUST_LOG` when set, else `level`. Returns a handle that
+/// changes the level later (ignored while `RUST_LOG` rules).
+pub fn init_logging(level: &str, format: LogFormat) -> LogLevelHandle {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, fmt, reload};
+
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let env_rules = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| log_filter(level)));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output = match format {
+        LogFormat::Text => fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init();
+    Box::new(move |level: &str| {
+        if !env_rules {
+            let _ = handle.reload(log_filter(level));
+        }
+    })
 }
 
 /// Opens the database and applies migrations when configured to.

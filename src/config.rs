@@ -44,7 +44,14 @@ struct RawConfig {
     http: RawHttp,
     cluster: RawCluster,
     log: RawLog,
+    engine: RawEngine,
     shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEngine {
+    concurrency: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +218,9 @@ pub struct Settings {
     pub http: HttpSettings,
     pub cluster: ClusterSettings,
     pub log: LogSettings,
+    /// Affiliates settled at once, and runs executed at once, by `serve` (not in SPEC §7:
+    /// added so SIGHUP can tune it live).
+    pub concurrency: u32,
     pub shutdown_timeout: Duration,
 }
 
@@ -470,6 +480,10 @@ impl Settings {
         };
         let shutdown_timeout =
             duration("shutdown_timeout", raw.shutdown_timeout.as_deref(), "30s")?;
+        let concurrency = raw.engine.concurrency.unwrap_or(4);
+        if !(1..=256).contains(&concurrency) {
+            return Err(key_error("engine.concurrency", "must be between 1 and 256"));
+        }
 
         Ok(Self {
             database: DatabaseSettings {
@@ -496,6 +510,7 @@ impl Settings {
                 node_ttl,
             },
             log: LogSettings { level, format },
+            concurrency,
             shutdown_timeout,
         })
     }

@@ -17,7 +17,8 @@ use crate::rules::{
 };
 use crate::schedule::{Period, PlannedRun, ScheduleSettings, TenantSchedule, due_runs};
 use crate::store::{
-    CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunStatus, Store, StoreError, TenantRow,
+    CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunLedger, RunStatus, Store, StoreError,
+    TenantRow,
 };
 
 /// How long a run claim lasts without renewal; renewed at every invoice.
@@ -60,6 +61,11 @@ pub enum EngineError {
         currency: Currency,
         attempts: usize,
     },
+    #[error("an affiliate worker is gone: {0}")]
+    Worker(String),
+    /// Shutdown began before this work started.
+    #[error("interrupted by shutdown")]
+    Interrupted,
 }
 
 /// An invoice created (or, in a preview, that would be created).
@@ -222,6 +228,46 @@ struct Planned {
     decision: Decision,
 }
 
+/// Settles the affiliates of a prepared run: returns each affiliate's result, and whether it
+/// stopped early because `cancel` fired.
+#[async_trait::async_trait]
+pub trait Settler: Send + Sync {
+    async fn settle_all(
+        &self,
+        engine: &Engine,
+        prepared: &PreparedRun,
+        cancel: &CancellationToken,
+    ) -> (Vec<Result<AffiliateResult, EngineError>>, bool);
+}
+
+/// Settles affiliates one after another (`run-due`, `preview`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InTurn;
+
+#[async_trait::async_trait]
+impl Settler for InTurn {
+    async fn settle_all(
+        &self,
+        engine: &Engine,
+        prepared: &PreparedRun,
+        cancel: &CancellationToken,
+    ) -> (Vec<Result<AffiliateResult, EngineError>>, bool) {
+        let mut results = Vec::with_capacity(prepared.work.len());
+        for work in &prepared.work {
+            if cancel.is_cancelled() {
+                return (results, true);
+            }
+            let result = engine.settle(&prepared.context, work).await;
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        (results, false)
+    }
+}
+
 /// The engine: rules over a store.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -242,15 +288,29 @@ impl Engine {
         &self.settings
     }
 
+    /// How far back the ledger must be read to know which runs due at `now` are completed.
+    pub fn ledger_since(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - self.settings.schedule.catch_up_window - chrono::Duration::days(1)
+    }
+
     /// The runs of a tenant due at `now` and the missed ones (§2), from the ledger.
+    /// The ledger is read from the store unless given (the daemon loads all tenants' ledgers
+    /// in bulk at start).
     pub async fn due(
         &self,
         schedule: &TenantSchedule,
         tenant_id: i64,
         now: DateTime<Utc>,
+        ledger: Option<RunLedger>,
     ) -> Result<crate::schedule::DueRuns, StoreError> {
-        let since = now - self.settings.schedule.catch_up_window - chrono::Duration::days(1);
-        let ledger = self.store.run_ledger(tenant_id, since).await?;
+        let ledger = match ledger {
+            Some(l) => l,
+            None => {
+                self.store
+                    .run_ledger(tenant_id, self.ledger_since(now))
+                    .await?
+            }
+        };
         Ok(due_runs(
             schedule,
             &self.settings.schedule,
@@ -266,6 +326,19 @@ impl Engine {
         &self,
         tenant: &TenantRow,
         now: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> TenantReport {
+        self.run_due_with(tenant, now, None, &InTurn, cancel).await
+    }
+
+    /// As [`Engine::run_due_for`], with a ledger already loaded and the affiliates settled by
+    /// `settler` (the daemon's AffiliateActors).
+    pub async fn run_due_with(
+        &self,
+        tenant: &TenantRow,
+        now: DateTime<Utc>,
+        ledger: Option<RunLedger>,
+        settler: &dyn Settler,
         cancel: &CancellationToken,
     ) -> TenantReport {
         let mut report = TenantReport {
@@ -284,7 +357,7 @@ impl Engine {
                 return report;
             }
         };
-        let due = match self.due(&schedule, tenant.id, now).await {
+        let due = match self.due(&schedule, tenant.id, now, ledger).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(tenant_id = tenant.id, error = %e, "cannot read the run ledger");
@@ -319,21 +392,26 @@ impl Engine {
             }
         }
         for planned in &due.due {
-            report
-                .runs
-                .push(self.execute(tenant.id, &schedule, planned, cancel).await);
+            if cancel.is_cancelled() {
+                break;
+            }
+            let run = self
+                .execute(tenant.id, &schedule, planned, settler, cancel)
+                .await;
+            report.runs.push(run);
         }
         report
     }
 
-    /// Executes one run under a claim, settling its affiliates one after another, and
-    /// reports it. Stops between affiliates when `cancel` fires, releasing the claim so the
-    /// next start resumes the run at once. Never panics.
+    /// Executes one run under a claim and reports it: prepare, settle every affiliate with
+    /// `settler`, finish. When `cancel` fires, settling stops between affiliates and the
+    /// claim is released so the next start resumes the run at once. Never panics.
     pub async fn execute(
         &self,
         tenant_id: i64,
         schedule: &TenantSchedule,
         planned: &PlannedRun,
+        settler: &dyn Settler,
         cancel: &CancellationToken,
     ) -> RunReport {
         let prepared = match self.prepare(tenant_id, schedule, planned).await {
@@ -342,20 +420,7 @@ impl Engine {
         };
         let span = prepared.span();
         async {
-            let mut results = Vec::with_capacity(prepared.work.len());
-            let mut interrupted = false;
-            for work in &prepared.work {
-                if cancel.is_cancelled() {
-                    interrupted = true;
-                    break;
-                }
-                let result = self.settle(&prepared.context, work).await;
-                let failed = result.is_err();
-                results.push(result);
-                if failed {
-                    break;
-                }
-            }
+            let (results, interrupted) = settler.settle_all(self, &prepared, cancel).await;
             self.finish(prepared, results, interrupted).await
         }
         .instrument(span)
@@ -553,7 +618,7 @@ impl Engine {
             .sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
         skips.sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
         if let Some(e) = error {
-            tracing::error!(tenant_id = context.tenant_id, run_id = context.run_id, error = %e, "run failed");
+            tracing::error!(error = %e, "run failed");
             if let Err(e2) = self
                 .store
                 .fail_run(context.run_id, node, &e.to_string())
@@ -597,8 +662,6 @@ impl Engine {
         match completed {
             Ok(true) => {
                 tracing::info!(
-                    tenant_id = context.tenant_id,
-                    run_id = context.run_id,
                     invoices = report.invoices.len(),
                     skips = report.skips.len(),
                     "run completed"
@@ -785,7 +848,7 @@ impl Engine {
                 return report;
             }
         };
-        let due = match self.due(&schedule, tenant.id, at).await {
+        let due = match self.due(&schedule, tenant.id, at, None).await {
             Ok(d) => d,
             Err(e) => {
                 report.error = Some(e.to_string());

@@ -5,13 +5,18 @@
 //! [`config`] turns the file and environment into typed settings, and [`commands`] are the
 //! CLI's commands.
 
+pub mod actors;
+pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
 pub mod money;
+pub mod notify;
 pub mod rules;
 pub mod schedule;
 pub mod store;

@@ -27,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon (foreground, systemd Type=notify).
+    Serve {
+        /// Start the clock at this instant (RFC 3339); it then advances in real time.
+        #[arg(long, value_name = "RFC3339")]
+        clock_start: Option<String>,
+    },
     /// Apply database migrations, then exit.
     Migrate,
     /// Execute every run due at NOW for the owned tenants, then exit.
@@ -92,20 +98,28 @@ fn one_line(message: &str) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let source = Source {
-        file: cli.config,
-        database_url: cli.database_url,
+        file: cli.config.clone(),
+        database_url: cli.database_url.clone(),
     };
     let settings = commands::load_settings(&source)?;
     let quiet = matches!(cli.command, Command::Demo);
-    commands::init_logging(
+    let set_log_level = commands::init_logging(
         if quiet { "warn" } else { &settings.log.level },
         settings.log.format,
     );
+    if let Command::Serve { clock_start } = &cli.command {
+        let clock_start = clock_start
+            .as_deref()
+            .map(|s| commands::parse_instant("--clock-start", s))
+            .transpose()?;
+        return autoinvoice::daemon::serve(source, settings, clock_start, set_log_level);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::CheckConfig => Ok(commands::check_config(&settings)),
         Command::Migrate => runtime.block_on(commands::migrate(&settings)),
         Command::RunDue { now, tenant, json } => {

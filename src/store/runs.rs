@@ -146,6 +146,47 @@ impl Store {
         })
     }
 
+    /// The ledgers of every tenant at once (two queries), for the daemon's start.
+    pub async fn ledgers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<i64, RunLedger>, StoreError> {
+        let codec = Codec(self.backend);
+        let mut ledgers: std::collections::HashMap<i64, RunLedger> = Default::default();
+        let latest = self
+            .db
+            .query_all_raw(self.statement(
+                "SELECT tenant_id, max(due_at) AS latest FROM invoice_runs GROUP BY tenant_id",
+                vec![],
+            ))
+            .await
+            .context("loading the latest runs")?;
+        for row in &latest {
+            let tenant: i64 = get(row, "tenant_id", "invoice_runs")?;
+            ledgers.entry(tenant).or_default().latest_due_at =
+                codec.get_opt_instant(row, "latest", "invoice_runs")?;
+        }
+        let completed = self
+            .db
+            .query_all_raw(self.statement(
+                "SELECT tenant_id, CAST(period_start_date AS TEXT) AS period_start_date,
+                        CAST(period_end_date AS TEXT) AS period_end_date
+                   FROM invoice_runs WHERE status = 'completed' AND due_at >= $1",
+                vec![codec.instant(since)],
+            ))
+            .await
+            .context("loading completed runs")?;
+        for row in &completed {
+            let tenant: i64 = get(row, "tenant_id", "invoice_runs")?;
+            ledgers
+                .entry(tenant)
+                .or_default()
+                .completed
+                .insert(run_key(row)?);
+        }
+        Ok(ledgers)
+    }
+
     fn insert_run_values(
         &self,
         tenant_id: i64,

@@ -1,0 +1,293 @@
+//! The Supervisor: owns the configuration and the set of owned tenants; starts, re-arms and
+//! stops one TenantActor per tenant as the tenants table and the configuration change.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::tenant::{Stop, TenantActor, Update};
+use crate::cluster::Membership;
+use crate::config::{ClusterMode, Settings};
+use crate::engine::{Engine, EngineSettings};
+use crate::store::{RunLedger, TenantRow};
+
+/// Load the tenants, catch up every due run, arm the timers; answers with the number of
+/// tenants armed once every catch-up is over.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Start;
+
+/// Re-read the tenants table and start, re-arm or stop TenantActors accordingly.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Refresh;
+
+/// Apply a new, valid configuration.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload(pub Settings);
+
+/// Stop arming timers and let in-flight work finish within `shutdown_timeout`; answers
+/// `false` when it had to give up waiting.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Shutdown;
+
+/// Liveness probe for the watchdog.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Ping;
+
+/// The Supervisor actor.
+pub struct Supervisor {
+    settings: Settings,
+    shared: Shared,
+    tenants: HashMap<i64, (TenantRow, Addr<TenantActor>)>,
+    /// Tenants whose stored settings cannot be scheduled, with the row last seen.
+    misconfigured: HashMap<i64, TenantRow>,
+    refresh_timer: Option<SpawnHandle>,
+    refreshing: bool,
+}
+
+impl Supervisor {
+    pub fn new(settings: Settings, shared: Shared) -> Self {
+        Self {
+            settings,
+            shared,
+            tenants: HashMap::new(),
+            misconfigured: HashMap::new(),
+            refresh_timer: None,
+            refreshing: false,
+        }
+    }
+
+    fn membership(&self) -> Membership {
+        match self.settings.cluster.mode {
+            ClusterMode::Single | ClusterMode::Dynamic => Membership::Single,
+            ClusterMode::Static {
+                shard_index,
+                shard_count,
+            } => Membership::Static {
+                shard_index,
+                shard_count,
+            },
+        }
+    }
+
+    fn arm_refresh(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.refresh_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.refresh_timer = Some(ctx.run_interval(self.settings.refresh_interval, |_, ctx| {
+            ctx.notify(Refresh);
+        }));
+    }
+
+    /// Brings the actors in line with the tenants table. `ledgers` (at start only) seeds new
+    /// actors; `catch_up` collects a receiver per new actor, told when its first tick ends.
+    fn apply(
+        &mut self,
+        rows: Vec<TenantRow>,
+        mut ledgers: HashMap<i64, RunLedger>,
+        mut catch_up: Option<&mut Vec<oneshot::Receiver<()>>>,
+    ) {
+        let membership = self.membership();
+        let mut seen = HashMap::with_capacity(rows.len());
+        for row in rows {
+            if !membership.owns(row.id) {
+                continue;
+            }
+            seen.insert(row.id, ());
+            let schedule = match row.schedule() {
+                Ok(s) => s,
+                Err(e) => {
+                    if self.misconfigured.get(&row.id) != Some(&row) {
+                        tracing::error!(tenant_id = row.id, error = %e, "tenant misconfigured; not scheduled until fixed");
+                    }
+                    if let Some((_, addr)) = self.tenants.remove(&row.id) {
+                        addr.do_send(Stop);
+                    }
+                    self.misconfigured.insert(row.id, row);
+                    continue;
+                }
+            };
+            self.misconfigured.remove(&row.id);
+            if schedule.schedule == crate::schedule::Schedule::Disabled {
+                if let Some((_, addr)) = self.tenants.remove(&row.id) {
+                    tracing::info!(tenant_id = row.id, "tenant disabled; its actor stops");
+                    addr.do_send(Stop);
+                }
+                continue;
+            }
+            match self.tenants.get_mut(&row.id) {
+                Some((known, addr)) => {
+                    if *known != row {
+                        addr.do_send(Update(row.clone()));
+                        *known = row;
+                    }
+                }
+                None => {
+                    let caught_up = catch_up.as_mut().map(|list| {
+                        let (tx, rx) = oneshot::channel();
+                        list.push(rx);
+                        tx
+                    });
+                    let ledger = ledgers
+                        .remove(&row.id)
+                        .or(catch_up.as_ref().map(|_| RunLedger::default()));
+                    let actor = TenantActor::new(
+                        row.clone(),
+                        schedule,
+                        self.shared.clone(),
+                        ledger,
+                        caught_up,
+                    );
+                    self.tenants.insert(row.id, (row, actor.start()));
+                }
+            }
+        }
+        let gone: Vec<i64> = self
+            .tenants
+            .keys()
+            .filter(|id| !seen.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some((_, addr)) = self.tenants.remove(&id) {
+                tracing::info!(
+                    tenant_id = id,
+                    "tenant removed or no longer owned; its actor stops"
+                );
+                addr.do_send(Stop);
+            }
+        }
+        self.misconfigured.retain(|id, _| seen.contains_key(id));
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Start> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<usize, String>>;
+
+    fn handle(&mut self, _: Start, _ctx: &mut Context<Self>) -> Self::Result {
+        let engine = self.shared.engine();
+        let now = self.shared.clock.now();
+        Box::pin(
+            async move {
+                let rows = engine.store().tenants().await.map_err(|e| e.to_string())?;
+                let ledgers = engine
+                    .store()
+                    .ledgers(engine.ledger_since(now))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((rows, ledgers))
+            }
+            .into_actor(self)
+            .then(|loaded, act, ctx| {
+                let mut receivers = Vec::new();
+                let outcome = loaded.map(|(rows, ledgers)| {
+                    act.apply(rows, ledgers, Some(&mut receivers));
+                    act.arm_refresh(ctx);
+                    act.tenants.len()
+                });
+                async move {
+                    let armed = outcome?;
+                    join_all(receivers).await;
+                    Ok(armed)
+                }
+                .into_actor(act)
+            }),
+        )
+    }
+}
+
+impl Handler<Refresh> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Refresh, ctx: &mut Context<Self>) {
+        if self.refreshing || self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        self.refreshing = true;
+        let store = self.shared.engine().store().clone();
+        ctx.spawn(
+            async move { store.tenants().await }
+                .into_actor(self)
+                .map(|rows, act, _| {
+                    act.refreshing = false;
+                    match rows {
+                        Ok(rows) => act.apply(rows, HashMap::new(), None),
+                        Err(e) => tracing::error!(error = %e, "cannot refresh tenants; keeping the current ones"),
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Reload(new): Reload, ctx: &mut Context<Self>) {
+        let old = &self.settings;
+        if new.database != old.database {
+            tracing::warn!("config reload: database settings change only at restart");
+        }
+        if new.http.listen != old.http.listen {
+            tracing::warn!("config reload: http.listen changes only at restart");
+        }
+        let store = self.shared.engine().store().clone();
+        let mut engine_settings = EngineSettings::from_settings(&new);
+        // The node id names this process's claims: it stays until restart.
+        engine_settings.node_id = self.shared.engine().settings().node_id.clone();
+        self.shared.set_engine(Engine::new(store, engine_settings));
+        self.shared.set_concurrency(new.concurrency);
+        let schedule_changed = new.schedule != old.schedule;
+        self.settings = new;
+        self.arm_refresh(ctx);
+        if schedule_changed {
+            // Run time, anchor or window changed: every timer is re-armed.
+            for (row, addr) in self.tenants.values() {
+                addr.do_send(Update(row.clone()));
+            }
+        }
+        // Shard settings may have changed: ownership is recomputed now.
+        ctx.notify(Refresh);
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shared.shutdown.cancel();
+        if let Some(handle) = self.refresh_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        for (_, addr) in self.tenants.values() {
+            addr.do_send(Stop);
+        }
+        let tracker = self.shared.tracker.clone();
+        let timeout = self.settings.shutdown_timeout;
+        Box::pin(async move {
+            tracker.close();
+            tokio::time::timeout(timeout.max(Duration::from_millis(1)), tracker.wait())
+                .await
+                .is_ok()
+        })
+    }
+}
+
+impl Handler<Ping> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> bool {
+        true
+    }
+}
