@@ -54,6 +54,12 @@ async fn run(
         clock = %clock.now(),
         "starting"
     );
+    // Signals are taken over first, so SIGTERM during a long catch-up is graceful too.
+    let signal_error =
+        |e: std::io::Error| CliError::Runtime(format!("cannot listen for signals: {e}"));
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let store = open_store(&settings).await?;
     let engine = Engine::new(store, EngineSettings::from_settings(&settings));
     let shared = Shared::new(engine, clock, settings.concurrency);
@@ -66,11 +72,14 @@ async fn run(
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
-    let armed = supervisor
-        .send(Start)
-        .await
-        .map_err(|e| CliError::Runtime(format!("supervisor stopped: {e}")))?
-        .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))?;
+    let start = supervisor.send(Start);
+    let armed = tokio::select! {
+        armed = start => armed
+            .map_err(|e| CliError::Runtime(format!("supervisor stopped: {e}")))?
+            .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))?,
+        _ = terminate.recv() => return Ok(stop(&supervisor).await),
+        _ = interrupt.recv() => return Ok(stop(&supervisor).await),
+    };
     extender.abort();
     notify::ready();
     tracing::info!(
@@ -94,11 +103,6 @@ async fn run(
         });
     }
 
-    let signal_error =
-        |e: std::io::Error| CliError::Runtime(format!("cannot listen for signals: {e}"));
-    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -122,6 +126,11 @@ async fn run(
             _ = interrupt.recv() => break,
         }
     }
+    Ok(stop(&supervisor).await)
+}
+
+/// Graceful stop: no new runs, in-flight work drained within `shutdown_timeout`, exit 0.
+async fn stop(supervisor: &Addr<Supervisor>) -> ExitCode {
     notify::stopping();
     tracing::info!("stopping: no new runs; waiting for runs in flight");
     let drained = supervisor.send(Shutdown).await.unwrap_or(false);
@@ -133,5 +142,5 @@ async fn run(
         );
     }
     System::current().stop();
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }

@@ -45,8 +45,15 @@ pub fn extend_start(by: Duration, status: &str) {
     ]);
 }
 
-/// Half of systemd's watchdog interval, when systemd asked for pings.
+/// Half of systemd's watchdog interval, when systemd asked for pings: `WATCHDOG_USEC` is
+/// set and `WATCHDOG_PID`, if set, is this process. (libsystemd's `sd_watchdog_enabled`
+/// semantics; the sd-notify crate also requires `WATCHDOG_PID` to be present.)
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }

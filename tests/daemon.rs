@@ -1,0 +1,434 @@
+//! `serve` end to end: the real binary with `--clock-start`, on SQLite and PostgreSQL.
+//! Every wait is bounded; none sleeps longer than the condition it waits for.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+
+use common::{TestDb, t};
+
+/// A running `autoinvoice serve`, killed if still alive when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(db: &TestDb, config: &Path, clock_start: &str, envs: &[(&str, &str)]) -> Self {
+        let log = config.with_extension(format!("{}.log", std::process::id() ^ rand_suffix()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoinvoice"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AUTOINVOICE")
+                || k == "RUST_LOG"
+                || k.starts_with("NOTIFY_SOCKET")
+                || k.starts_with("WATCHDOG")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--config"])
+            .arg(config)
+            .args([
+                "--database-url",
+                &db.url,
+                "serve",
+                "--clock-start",
+                clock_start,
+            ])
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Self {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        std::fs::File::open(&self.log)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    /// Waits until the log contains `needle` `times` times.
+    fn wait_log(&self, needle: &str, times: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} ×{times} in the log within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_ready(&self) {
+        self.wait_log(" ready ", 1, Duration::from_secs(60));
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still running after {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) -> String {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+fn config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join(format!("autoinvoice-{}.toml", rand_suffix()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const BASE_CONFIG: &str = "[tenants]\nrefresh_interval = \"1s\"\n[log]\nlevel = \"info\"\n";
+
+/// Polls `check` until it returns true, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One weekly UTC tenant with one active affiliate and a conversion in the week of
+/// 2024-03-04, whose run is Monday 2024-03-11 00:01Z.
+async fn seed_weekly(db: &TestDb, schedule: &str) {
+    db.tenant(1, "UTC", schedule, "2024-01-01T00:00:00Z").await;
+    db.affiliate(11, 1, "active").await;
+    db.payment_system(1, 11, "USD", true).await;
+    db.conversion(
+        100,
+        1,
+        11,
+        "2024-03-06T12:00:00Z",
+        "approved",
+        "42.5",
+        "USD",
+    )
+    .await;
+}
+
+both_backends!(
+    invoices_appear_at_the_run_instant,
+    a_run_missed_while_stopped_is_caught_up_at_the_next_start,
+    a_schedule_change_in_the_database_is_picked_up,
+    sighup_applies_a_valid_config_and_rejects_an_invalid_one,
+    sigterm_mid_run_leaves_no_half_written_invoice,
+    systemd_notifications_reach_the_notify_socket,
+);
+
+async fn invoices_appear_at_the_run_instant(db: &TestDb) {
+    seed_weekly(db, "weekly").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        db,
+        &config(dir.path(), BASE_CONFIG),
+        "2024-03-11T00:00:57Z",
+        &[],
+    );
+    daemon.wait_ready();
+    // Earlier Mondays were caught up at start, but this week's run is not due yet.
+    assert!(db.auto_invoices().await.is_empty());
+    eventually(
+        Duration::from_secs(15),
+        "the invoice of the 00:01 run",
+        || async { db.auto_invoices().await.len() == 1 },
+    )
+    .await;
+    let invoice = &db.auto_invoices().await[0];
+    assert_eq!(invoice.amount, Decimal::new(4250, 2));
+    assert_eq!(invoice.period_start, t("2024-03-04T00:00:00Z"));
+    let log = daemon.stop();
+    assert!(
+        log.contains("run_id="),
+        "run lines carry the run id:\n{log}"
+    );
+}
+
+async fn a_run_missed_while_stopped_is_caught_up_at_the_next_start(db: &TestDb) {
+    seed_weekly(db, "weekly").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), BASE_CONFIG);
+    // Up on Sunday; nothing due for the week yet.
+    let first = Daemon::start(db, &cfg, "2024-03-10T12:00:00Z", &[]);
+    first.wait_ready();
+    first.stop();
+    assert!(db.auto_invoices().await.is_empty());
+    // Down through Monday 00:01; back on Tuesday: the run is caught up before READY.
+    let second = Daemon::start(db, &cfg, "2024-03-12T09:00:00Z", &[]);
+    second.wait_ready();
+    assert_eq!(db.auto_invoices().await.len(), 1);
+    second.stop();
+}
+
+async fn a_schedule_change_in_the_database_is_picked_up(db: &TestDb) {
+    seed_weekly(db, "disabled").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        db,
+        &config(dir.path(), BASE_CONFIG),
+        "2024-03-12T09:00:00Z",
+        &[],
+    );
+    daemon.wait_ready();
+    assert!(db.auto_invoices().await.is_empty());
+    // Another system switches the tenant to weekly, in force since March 1st: the run of
+    // March 11 is due, and the refresh (every second) must find it.
+    db.exec(
+        "UPDATE tenants SET invoice_schedule = 'weekly', schedule_updated_at = $1 WHERE id = 1",
+        vec![db.codec().instant(t("2024-03-01T00:00:00Z"))],
+    )
+    .await;
+    let changed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the invoice after the schedule change",
+        || async { db.auto_invoices().await.len() == 1 },
+    )
+    .await;
+    eprintln!("picked up in {:?}", changed.elapsed());
+    daemon.stop();
+}
+
+async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one(db: &TestDb) {
+    seed_weekly(db, "weekly").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("{BASE_CONFIG}[invoice]\ncomment = \"first\"\n"),
+    );
+    let daemon = Daemon::start(db, &cfg, "2024-03-11T00:00:50Z", &[]);
+    daemon.wait_ready();
+    std::fs::write(
+        &cfg,
+        format!("{BASE_CONFIG}[invoice]\ncomment = \"second\"\n"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("config reloaded", 1, Duration::from_secs(10));
+    std::fs::write(&cfg, "[schedule]\nrun_time = \"25:00\"\n").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("config reload rejected", 1, Duration::from_secs(10));
+    assert!(
+        daemon.log().contains("schedule.run_time"),
+        "{}",
+        daemon.log()
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the invoice of the 00:01 run",
+        || async { db.auto_invoices().await.len() == 1 },
+    )
+    .await;
+    // The valid reload is in force, the invalid one was not applied.
+    assert_eq!(db.auto_invoices().await[0].comment, "second");
+    daemon.stop();
+}
+
+async fn sigterm_mid_run_leaves_no_half_written_invoice(db: &TestDb) {
+    // Enough affiliates, settled one at a time, that the run is still going when SIGTERM lands.
+    let affiliates = 2000i64;
+    db.tenant(1, "UTC", "weekly", "2024-01-01T00:00:00Z").await;
+    let codec = db.codec();
+    for chunk in 0..(affiliates / 500) {
+        let ids: Vec<i64> = (chunk * 500..(chunk + 1) * 500).map(|i| 1000 + i).collect();
+        let rows = |cols: usize| {
+            (0..ids.len())
+                .map(|r| {
+                    let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        db.exec(
+            &format!(
+                "INSERT INTO affiliates (id, tenant_id, name, status) VALUES {}",
+                rows(4)
+            ),
+            ids.iter()
+                .flat_map(|&id| [id.into(), 1i64.into(), "a".into(), "active".into()])
+                .collect(),
+        )
+        .await;
+        db.exec(
+            &format!(
+                "INSERT INTO payment_systems (id, affiliate_id, currency) VALUES {}",
+                rows(3)
+            ),
+            ids.iter()
+                .flat_map(|&id| [id.into(), id.into(), "USD".into()])
+                .collect(),
+        )
+        .await;
+        db.exec(
+            &format!(
+                "INSERT INTO conversions (id, tenant_id, affiliate_id, occurred_at, status, payout, currency) VALUES {}",
+                rows(7)
+            ),
+            ids.iter()
+                .flat_map(|&id| {
+                    [
+                        id.into(),
+                        1i64.into(),
+                        id.into(),
+                        codec.instant(t("2024-03-06T12:00:00Z")),
+                        "approved".into(),
+                        codec.money(Decimal::new(id, 2)),
+                        "USD".into(),
+                    ]
+                })
+                .collect(),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("{BASE_CONFIG}[engine]\nconcurrency = 1\n"),
+    );
+    let daemon = Daemon::start(db, &cfg, "2024-03-11T00:00:58Z", &[]);
+    daemon.wait_ready();
+    eventually(
+        Duration::from_secs(20),
+        "the run to be under way",
+        || async { !db.auto_invoices().await.is_empty() },
+    )
+    .await;
+    let log = daemon.stop();
+    assert!(log.contains("run interrupted by shutdown"), "{log}");
+    let partial = db.auto_invoices().await;
+    assert!(
+        partial.len() < affiliates as usize,
+        "the run finished before SIGTERM"
+    );
+    for inv in &partial {
+        assert_eq!(db.linked(inv.id).await.len() as i32, inv.conversions_count);
+    }
+    let status = db
+        .runs()
+        .await
+        .into_iter()
+        .find(|r| r.1 == "2024-03-11")
+        .unwrap()
+        .2;
+    assert_eq!(status, "pending", "released for the next start");
+    // The next start completes the run: every affiliate invoiced exactly once.
+    let again = Daemon::start(db, &cfg, "2024-03-11T00:05:00Z", &[]);
+    again.wait_ready();
+    again.stop();
+    let all = db.auto_invoices().await;
+    assert_eq!(all.len(), affiliates as usize);
+    let mut ids: Vec<i64> = all.iter().map(|i| i.affiliate_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), affiliates as usize);
+    assert_eq!(
+        db.count("SELECT count(*) FROM conversions WHERE invoice_id IS NOT NULL")
+            .await,
+        affiliates
+    );
+    let status = db
+        .runs()
+        .await
+        .into_iter()
+        .find(|r| r.1 == "2024-03-11")
+        .unwrap()
+        .2;
+    assert_eq!(status, "completed");
+}
+
+async fn systemd_notifications_reach_the_notify_socket(db: &TestDb) {
+    seed_weekly(db, "weekly").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket_env = socket_path.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(
+        db,
+        &config(dir.path(), BASE_CONFIG),
+        "2024-03-12T09:00:00Z",
+        &[("NOTIFY_SOCKET", &socket_env), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let receive_until = |needle: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no {needle} among {seen:?}");
+            let mut buf = [0u8; 4096];
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {needle} ({e}); received {seen:?}"));
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = message.lines().any(|l| l == needle);
+            seen.push(message);
+            if found {
+                return;
+            }
+        }
+    };
+    receive_until("READY=1", &mut seen);
+    receive_until("WATCHDOG=1", &mut seen);
+    daemon.signal("HUP");
+    receive_until("RELOADING=1", &mut seen);
+    receive_until("READY=1", &mut seen);
+    daemon.signal("TERM");
+    receive_until("STOPPING=1", &mut seen);
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
