@@ -266,6 +266,7 @@ pub fn render_text(command: &str, at: DateTime<Utc>, reports: &[TenantReport]) -
                 RunOutcome::ClaimedElsewhere => "claimed by another process, left to it",
                 RunOutcome::AlreadyCompleted => "already completed",
                 RunOutcome::Failed => "FAILED",
+                RunOutcome::Interrupted => "interrupted by shutdown; resumes at the next start",
             };
             let _ = writeln!(
                 out,

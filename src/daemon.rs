@@ -6,7 +6,7 @@
 //! arming timers, let in-flight work finish within `shutdown_timeout` and exit 0.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,9 +17,11 @@ use crate::actors::Shared;
 use crate::actors::supervisor::{Ping, Refresh, Reload, Shutdown, Start, Supervisor};
 use crate::clock::{SharedClock, ShiftedClock, SystemClock};
 use crate::commands::{CliError, LogLevelHandle, open_store};
-use crate::config::{Settings, Source};
+use crate::config::{ClusterMode, Settings, Source};
 use crate::engine::{Engine, EngineSettings};
+use crate::http::{self, ApiState};
 use crate::notify;
+use crate::telemetry;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn serve(
@@ -60,6 +62,8 @@ async fn run(
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let metrics = telemetry::install()
+        .map_err(|e| CliError::Runtime(format!("cannot install metrics: {e}")))?;
     let store = open_store(&settings).await?;
     let engine = Engine::new(store, EngineSettings::from_settings(&settings));
     let shared = Shared::new(engine, clock, settings.concurrency);
@@ -81,6 +85,30 @@ async fn run(
         _ = interrupt.recv() => return Ok(stop(&supervisor).await),
     };
     extender.abort();
+    let admin_token = Arc::new(RwLock::new(settings.http.admin_token.clone()));
+    let api = ApiState {
+        shared: shared.clone(),
+        supervisor: supervisor.clone(),
+        admin_token: admin_token.clone(),
+        metrics: metrics.clone(),
+    };
+    let (bound, http) = http::start(settings.http.listen, api).map_err(|e| {
+        CliError::Runtime(format!(
+            "cannot listen on {} (http.listen): {e}",
+            settings.http.listen
+        ))
+    })?;
+    tracing::info!(addr = %bound, "HTTP listening");
+    tokio::spawn(async move {
+        // The exporter's histograms need their upkeep run by whoever owns the handle.
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            metrics.run_upkeep();
+        }
+    });
+    if settings.cluster.mode != ClusterMode::Dynamic {
+        telemetry::live_nodes(1);
+    }
     notify::ready();
     tracing::info!(
         tenants = armed,
@@ -112,10 +140,15 @@ async fn run(
                         // The node id is the process's identity in run claims: it stays.
                         new.cluster.node_id.clone_from(&settings.cluster.node_id);
                         set_log_level(&new.log.level);
+                        if let Ok(mut token) = admin_token.write() {
+                            token.clone_from(&new.http.admin_token);
+                        }
                         supervisor.do_send(Reload(new));
+                        telemetry::config_reload(true);
                         tracing::info!("config reloaded");
                     }
                     Err(e) => {
+                        telemetry::config_reload(false);
                         tracing::error!(error = %e, "config reload rejected; the previous config stays in force");
                         supervisor.do_send(Refresh);
                     }
@@ -126,7 +159,9 @@ async fn run(
             _ = interrupt.recv() => break,
         }
     }
-    Ok(stop(&supervisor).await)
+    let code = stop(&supervisor).await;
+    http.stop(true).await;
+    Ok(code)
 }
 
 /// Graceful stop: no new runs, in-flight work drained within `shutdown_timeout`, exit 0.
@@ -141,6 +176,5 @@ async fn stop(supervisor: &Addr<Supervisor>) -> ExitCode {
             "shutdown_timeout reached with work in flight; its runs resume at the next start"
         );
     }
-    System::current().stop();
     ExitCode::SUCCESS
 }

@@ -20,6 +20,7 @@ use crate::store::{
     CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunLedger, RunStatus, Store, StoreError,
     TenantRow,
 };
+use crate::telemetry;
 
 /// How long a run claim lasts without renewal; renewed at every invoice.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -102,6 +103,8 @@ pub enum RunOutcome {
     /// Already completed by someone else before this process could claim it.
     AlreadyCompleted,
     Failed,
+    /// Stopped by shutdown between affiliates; its claim was released for the next start.
+    Interrupted,
     /// A dry run (preview).
     Previewed,
 }
@@ -197,6 +200,7 @@ impl AffiliateResult {
 pub struct PreparedRun {
     pub context: RunContext,
     report: RunReport,
+    started: std::time::Instant,
     /// One unit of work per affiliate with payable conversions in the period.
     pub work: Vec<AffiliateWork>,
 }
@@ -379,6 +383,7 @@ impl Engine {
                         due_at = %missed.instant,
                         "run missed: outside the catch-up window; not executed"
                     );
+                    telemetry::run_missed();
                     report.missed.push(MissedRun {
                         period_start_date: missed.key.start_date,
                         period_end_date: missed.key.end_date,
@@ -436,6 +441,7 @@ impl Engine {
         schedule: &TenantSchedule,
         planned: &PlannedRun,
     ) -> Prepared {
+        let started = std::time::Instant::now();
         let mut report = empty_report(tenant_id, schedule, planned, RunOutcome::Completed);
         let node = self.settings.node_id.as_str();
         let row = match self
@@ -485,14 +491,34 @@ impl Engine {
                     affiliates = work.len(),
                     "run started"
                 );
+                let took_over = row.status == RunStatus::Running
+                    && row
+                        .claimed_by
+                        .as_deref()
+                        .is_some_and(|holder| holder != node);
+                if bad > 0 {
+                    tracing::warn!(
+                        tenant_id,
+                        run_id = row.id,
+                        bad,
+                        "payable conversions left out as bad data"
+                    );
+                    telemetry::bad_conversions(bad);
+                }
+                if took_over {
+                    tracing::warn!(tenant_id, run_id = row.id, previous = ?row.claimed_by, "took over a run whose claim had expired");
+                    telemetry::run_taken_over();
+                }
                 Prepared::Ready(PreparedRun {
                     context,
                     report,
+                    started,
                     work,
                 })
             }
             Err(e) => {
                 let message = e.to_string();
+                telemetry::run_finished(false, started.elapsed().as_secs_f64());
                 if let Err(e2) = self.store.fail_run(row.id, node, &message).await {
                     tracing::error!(tenant_id, run_id = row.id, error = %e2, "cannot record the failure");
                 }
@@ -594,6 +620,7 @@ impl Engine {
         let PreparedRun {
             context,
             mut report,
+            started,
             ..
         } = prepared;
         let node = self.settings.node_id.as_str();
@@ -604,7 +631,9 @@ impl Engine {
                 Ok(r) => {
                     for (label, n) in r.decisions {
                         *report.decisions.entry(label).or_default() += n;
+                        telemetry::decisions(label, n);
                     }
+                    telemetry::invoices_created(r.invoices.len() as u64);
                     report.invoices.extend(r.invoices);
                     skips.extend(r.skips);
                 }
@@ -613,77 +642,74 @@ impl Engine {
                 }
             }
         }
-        report
-            .invoices
-            .sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
-        skips.sort_by(|a, b| (a.affiliate_id, &a.currency).cmp(&(b.affiliate_id, &b.currency)));
-        if let Some(e) = error {
-            tracing::error!(error = %e, "run failed");
-            if let Err(e2) = self
-                .store
-                .fail_run(context.run_id, node, &e.to_string())
-                .await
-            {
-                tracing::error!(error = %e2, "cannot record the failure");
-            }
-            return fail(report, &e.to_string());
-        }
-        if interrupted {
-            tracing::warn!(
-                tenant_id = context.tenant_id,
-                run_id = context.run_id,
-                "run interrupted by shutdown; the next start resumes it"
-            );
+        let by_key = |a: &String, b: &String| a.cmp(b);
+        report.invoices.sort_by(|a, b| {
+            a.affiliate_id
+                .cmp(&b.affiliate_id)
+                .then(by_key(&a.currency, &b.currency))
+        });
+        skips.sort_by(|a, b| {
+            a.affiliate_id
+                .cmp(&b.affiliate_id)
+                .then(by_key(&a.currency, &b.currency))
+        });
+        report.skips = skips;
+        let outcome = if let Some(e) = error {
+            Err(e.to_string())
+        } else if interrupted {
+            tracing::warn!("run interrupted by shutdown; the next start resumes it");
             if let Err(e) = self.store.release_run(context.run_id, node).await {
                 tracing::error!(error = %e, "cannot release the run's claim");
             }
-            report.skips = skips;
-            return fail(report, "interrupted by shutdown");
-        }
-        let rows: Vec<DecisionRow> = skips
-            .iter()
-            .map(|s| DecisionRow {
-                affiliate_id: s.affiliate_id,
-                currency: s.currency.clone(),
-                reason: Some(s.reason),
-                invoice_id: None,
-                amount: s.amount,
-            })
-            .collect();
-        report.skips = skips;
-        let completed = match self
-            .store
-            .record_skips(context.run_id, context.tenant_id, &rows)
-            .await
-        {
-            Ok(()) => self.store.complete_run(context.run_id, node).await,
-            Err(e) => Err(e),
+            report.outcome = RunOutcome::Interrupted;
+            return report;
+        } else {
+            let rows: Vec<DecisionRow> = report
+                .skips
+                .iter()
+                .map(|s| DecisionRow {
+                    affiliate_id: s.affiliate_id,
+                    currency: s.currency.clone(),
+                    reason: Some(s.reason),
+                    invoice_id: None,
+                    amount: s.amount,
+                })
+                .collect();
+            match self
+                .store
+                .record_skips(context.run_id, context.tenant_id, &rows)
+                .await
+            {
+                Ok(()) => match self.store.complete_run(context.run_id, node).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(EngineError::LostClaim {
+                        run_id: context.run_id,
+                    }
+                    .to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
         };
-        match completed {
-            Ok(true) => {
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                telemetry::run_finished(true, seconds);
                 tracing::info!(
                     invoices = report.invoices.len(),
                     skips = report.skips.len(),
+                    seconds,
                     "run completed"
                 );
                 report
             }
-            Ok(false) => fail(
-                report,
-                &EngineError::LostClaim {
-                    run_id: context.run_id,
+            Err(message) => {
+                telemetry::run_finished(false, seconds);
+                tracing::error!(error = %message, "run failed");
+                if let Err(e) = self.store.fail_run(context.run_id, node, &message).await {
+                    tracing::error!(error = %e, "cannot record the failure");
                 }
-                .to_string(),
-            ),
-            Err(e) => {
-                if let Err(e2) = self
-                    .store
-                    .fail_run(context.run_id, node, &e.to_string())
-                    .await
-                {
-                    tracing::error!(error = %e2, "cannot record the failure");
-                }
-                fail(report, &e.to_string())
+                fail(report, &message)
             }
         }
     }

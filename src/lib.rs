@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod http;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
 pub mod money;
@@ -20,3 +21,4 @@ pub mod notify;
 pub mod rules;
 pub mod schedule;
 pub mod store;
+pub mod telemetry;

@@ -138,7 +138,7 @@ impl Anchor {
 }
 
 /// A half-open interval of instants `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Period {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -157,7 +157,7 @@ impl Period {
 }
 
 /// A run's identity: its period as local dates, end exclusive (SPEC §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct RunKey {
     pub start_date: NaiveDate,
     pub end_date: NaiveDate,
@@ -396,8 +396,9 @@ impl TenantSchedule {
         self.anchor.unwrap_or(settings.default_anchor)
     }
 
-    /// Planned runs with instants in `(after, until]`, oldest first.
-    fn runs_between(
+    /// Planned runs with instants in `(after, until]`, oldest first (the setting's
+    /// `updated_at` is not applied here).
+    pub fn runs_between(
         &self,
         settings: &ScheduleSettings,
         after: DateTime<Utc>,

@@ -1,7 +1,7 @@
 //! The Supervisor: owns the configuration and the set of owned tenants; starts, re-arms and
 //! stops one TenantActor per tenant as the tenants table and the configuration change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,6 +14,7 @@ use crate::cluster::Membership;
 use crate::config::{ClusterMode, Settings};
 use crate::engine::{Engine, EngineSettings};
 use crate::store::{RunLedger, TenantRow};
+use crate::telemetry;
 
 /// Load the tenants, catch up every due run, arm the timers; answers with the number of
 /// tenants armed once every catch-up is over.
@@ -36,6 +37,11 @@ pub struct Reload(pub Settings);
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Shutdown;
+
+/// One tenant's row changed through the API: start, re-arm or stop its actor now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Upsert(pub TenantRow);
 
 /// Liveness probe for the watchdog.
 #[derive(Message)]
@@ -96,64 +102,21 @@ impl Supervisor {
         mut catch_up: Option<&mut Vec<oneshot::Receiver<()>>>,
     ) {
         let membership = self.membership();
-        let mut seen = HashMap::with_capacity(rows.len());
+        let initial = catch_up.is_some();
+        let mut changes = 0u64;
+        let mut seen = HashSet::with_capacity(rows.len());
         for row in rows {
             if !membership.owns(row.id) {
                 continue;
             }
-            seen.insert(row.id, ());
-            let schedule = match row.schedule() {
-                Ok(s) => s,
-                Err(e) => {
-                    if self.misconfigured.get(&row.id) != Some(&row) {
-                        tracing::error!(tenant_id = row.id, error = %e, "tenant misconfigured; not scheduled until fixed");
-                    }
-                    if let Some((_, addr)) = self.tenants.remove(&row.id) {
-                        addr.do_send(Stop);
-                    }
-                    self.misconfigured.insert(row.id, row);
-                    continue;
-                }
-            };
-            self.misconfigured.remove(&row.id);
-            if schedule.schedule == crate::schedule::Schedule::Disabled {
-                if let Some((_, addr)) = self.tenants.remove(&row.id) {
-                    tracing::info!(tenant_id = row.id, "tenant disabled; its actor stops");
-                    addr.do_send(Stop);
-                }
-                continue;
-            }
-            match self.tenants.get_mut(&row.id) {
-                Some((known, addr)) => {
-                    if *known != row {
-                        addr.do_send(Update(row.clone()));
-                        *known = row;
-                    }
-                }
-                None => {
-                    let caught_up = catch_up.as_mut().map(|list| {
-                        let (tx, rx) = oneshot::channel();
-                        list.push(rx);
-                        tx
-                    });
-                    let ledger = ledgers
-                        .remove(&row.id)
-                        .or(catch_up.as_ref().map(|_| RunLedger::default()));
-                    let actor = TenantActor::new(
-                        row.clone(),
-                        schedule,
-                        self.shared.clone(),
-                        ledger,
-                        caught_up,
-                    );
-                    self.tenants.insert(row.id, (row, actor.start()));
-                }
-            }
+            seen.insert(row.id);
+            let ledger = ledgers.remove(&row.id);
+            changes += self.apply_row(row, ledger, catch_up.as_deref_mut());
         }
         let gone: Vec<i64> = self
             .tenants
             .keys()
-            .filter(|id| !seen.contains_key(id))
+            .filter(|id| !seen.contains(id))
             .copied()
             .collect();
         for id in gone {
@@ -163,9 +126,77 @@ impl Supervisor {
                     "tenant removed or no longer owned; its actor stops"
                 );
                 addr.do_send(Stop);
+                changes += 1;
             }
         }
-        self.misconfigured.retain(|id, _| seen.contains_key(id));
+        self.misconfigured.retain(|id, _| seen.contains(id));
+        if !initial && changes > 0 {
+            telemetry::ownership_changes(changes);
+        }
+        telemetry::tenants(self.tenants.len(), self.misconfigured.len());
+    }
+
+    /// Starts, updates or stops the actor of one owned tenant; returns 1 when an actor was
+    /// started or stopped.
+    fn apply_row(
+        &mut self,
+        row: TenantRow,
+        ledger: Option<RunLedger>,
+        catch_up: Option<&mut Vec<oneshot::Receiver<()>>>,
+    ) -> u64 {
+        let schedule = match row.schedule() {
+            Ok(s) => s,
+            Err(e) => {
+                if self.misconfigured.get(&row.id) != Some(&row) {
+                    tracing::error!(tenant_id = row.id, error = %e, "tenant misconfigured; not scheduled until fixed");
+                }
+                let stopped = self.stop(row.id);
+                self.misconfigured.insert(row.id, row);
+                return stopped;
+            }
+        };
+        self.misconfigured.remove(&row.id);
+        if schedule.schedule == crate::schedule::Schedule::Disabled {
+            return self.stop(row.id);
+        }
+        if let Some((known, addr)) = self.tenants.get_mut(&row.id) {
+            if *known != row {
+                addr.do_send(Update(row.clone()));
+                *known = row;
+            }
+            return 0;
+        }
+        let initial = catch_up.is_some();
+        let caught_up = catch_up.map(|list| {
+            let (tx, rx) = oneshot::channel();
+            list.push(rx);
+            tx
+        });
+        // At start every tenant's ledger was loaded in bulk: none means no runs yet.
+        let ledger = ledger.or_else(|| initial.then(RunLedger::default));
+        let actor = TenantActor::new(
+            row.clone(),
+            schedule,
+            self.shared.clone(),
+            ledger,
+            caught_up,
+        );
+        self.tenants.insert(row.id, (row, actor.start()));
+        1
+    }
+
+    fn stop(&mut self, tenant_id: i64) -> u64 {
+        match self.tenants.remove(&tenant_id) {
+            Some((_, addr)) => {
+                tracing::info!(
+                    tenant_id,
+                    "tenant disabled or misconfigured; its actor stops"
+                );
+                addr.do_send(Stop);
+                1
+            }
+            None => 0,
+        }
     }
 }
 
@@ -281,6 +312,18 @@ impl Handler<Shutdown> for Supervisor {
                 .await
                 .is_ok()
         })
+    }
+}
+
+impl Handler<Upsert> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Upsert(row): Upsert, _: &mut Context<Self>) {
+        if self.shared.shutdown.is_cancelled() || !self.membership().owns(row.id) {
+            return;
+        }
+        self.apply_row(row, None, None);
+        telemetry::tenants(self.tenants.len(), self.misconfigured.len());
     }
 }
 

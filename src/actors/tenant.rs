@@ -12,6 +12,7 @@ use super::Shared;
 use crate::engine::{RunOutcome, TenantReport};
 use crate::schedule::TenantSchedule;
 use crate::store::{RunLedger, TenantRow};
+use crate::telemetry;
 
 /// The longest a timer sleeps before looking at the clock again: guards against wall-clock
 /// steps (NTP, suspend) that a monotonic timer does not see.
@@ -56,6 +57,12 @@ pub struct TenantActor {
     ledger: Option<RunLedger>,
     /// Told when the first tick (the catch-up) is over.
     caught_up: Option<oneshot::Sender<()>>,
+    /// This tenant's share of `autoinvoice_runs_overdue`.
+    overdue: usize,
+    /// Clock reading at the start of the last tick: run instants after it are new.
+    last_tick: Option<DateTime<Utc>>,
+    /// Run instants crossed by the tick in flight.
+    crossed: usize,
 }
 
 impl TenantActor {
@@ -78,7 +85,16 @@ impl TenantActor {
             retry_at: None,
             ledger,
             caught_up,
+            overdue: 0,
+            last_tick: None,
+            crossed: 0,
         }
+    }
+
+    /// Sets this tenant's share of the overdue gauge.
+    fn set_overdue(&mut self, overdue: usize) {
+        telemetry::overdue(overdue as i64 - self.overdue as i64);
+        self.overdue = overdue;
     }
 
     fn arm(&mut self, ctx: &mut Context<Self>) {
@@ -115,6 +131,10 @@ impl Actor for TenantActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.notify(Tick);
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.set_overdue(0);
+    }
 }
 
 impl Handler<Tick> for TenantActor {
@@ -132,6 +152,18 @@ impl Handler<Tick> for TenantActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
+        // Run instants passed since the last tick: due now, overdue until they complete, even
+        // if the database cannot be read to know more.
+        let now = self.shared.clock.now();
+        let settings = self.shared.engine().settings().schedule;
+        self.crossed = match self.last_tick {
+            Some(last) => self
+                .schedule
+                .runs_between(&settings, last.max(self.schedule.updated_at), now)
+                .count(),
+            None => 0,
+        };
+        self.last_tick = Some(now);
         let shared = self.shared.clone();
         let row = self.row.clone();
         let ledger = self.ledger.take();

@@ -9,6 +9,7 @@
 pub mod codec;
 mod facts;
 mod invoices;
+mod reports;
 mod runs;
 mod tenants;
 
@@ -25,6 +26,7 @@ use crate::migrations::Migrator;
 
 pub use facts::{AffiliateRow, PayableTotal};
 pub use invoices::{CreateOutcome, DecisionRow, InvoiceToCreate};
+pub use reports::{DecisionRecord, InvoiceFilter, InvoiceRecord};
 pub use runs::{RunClaim, RunLedger, RunRow, RunStatus};
 pub use tenants::TenantRow;
 

@@ -17,7 +17,8 @@ use crate::config::Backend;
 use crate::schedule::{Period, PlannedRun, RunKey, Schedule};
 
 /// A run's status in the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Pending,
     Running,
@@ -51,7 +52,7 @@ impl RunStatus {
 }
 
 /// One row of `invoice_runs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RunRow {
     pub id: i64,
     pub tenant_id: i64,
@@ -103,7 +104,7 @@ fn db_now_plus(backend: Backend, param: &str) -> String {
     }
 }
 
-const RUN_COLUMNS: &str = "id, tenant_id, schedule,
+pub(super) const RUN_COLUMNS: &str = "id, tenant_id, schedule,
     CAST(period_start_date AS TEXT) AS period_start_date,
     CAST(period_end_date AS TEXT) AS period_end_date,
     period_start, period_end, due_at, status, attempts, claimed_by, invoices_created, error";
@@ -291,7 +292,7 @@ impl Store {
         rows.iter().map(|r| self.run_row(r)).collect()
     }
 
-    fn run_row(&self, row: &QueryResult) -> Result<RunRow, StoreError> {
+    pub(super) fn run_row(&self, row: &QueryResult) -> Result<RunRow, StoreError> {
         let codec = Codec(self.backend);
         let status: String = get(row, "status", "invoice_runs")?;
         Ok(RunRow {
