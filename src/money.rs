@@ -64,10 +64,25 @@ impl Currency {
             .map_or(2, |&(_, units)| units)
     }
 
-    /// Rounds an exact sum to the currency's minor units, midpoint away from zero. Applied
-    /// once, to the total: rounding each payout first would lose or invent cents.
+    /// Rounds an exact sum to the currency's minor units, midpoint away from zero, and
+    /// writes it with exactly that many decimals (`7` USD → `7.00`). Applied once, to the
+    /// total: rounding each payout first would lose or invent cents.
     pub fn round(&self, amount: Decimal) -> Decimal {
-        amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero)
+        let mut rounded = amount
+            .round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero);
+        rounded.rescale(self.minor_units());
+        rounded
+    }
+
+    /// An amount as shown to people: trailing zeros beyond the minor units dropped, and at
+    /// least the minor units written (`10.010000` USD → `10.01`, `101.000000` JPY → `101`,
+    /// `1.0005` USD stays `1.0005`).
+    pub fn present(&self, amount: Decimal) -> Decimal {
+        let mut shown = amount.normalize();
+        if shown.scale() < self.minor_units() {
+            shown.rescale(self.minor_units());
+        }
+        shown
     }
 }
 
@@ -159,6 +174,17 @@ mod tests {
         assert_eq!(cur("KWD").round(dec!(1.0005)), dec!(1.001));
         assert_eq!(cur("KWD").round(dec!(-1.0005)), dec!(-1.001));
         assert_eq!(cur("KWD").round(dec!(1.00049)), dec!(1.000));
+    }
+
+    #[test]
+    fn amounts_are_written_with_the_minor_units() {
+        assert_eq!(cur("USD").round(dec!(7)).to_string(), "7.00");
+        assert_eq!(cur("JPY").round(dec!(100.5)).to_string(), "101");
+        assert_eq!(cur("KWD").round(dec!(1.0005)).to_string(), "1.001");
+        assert_eq!(cur("USD").present(dec!(10.010000)).to_string(), "10.01");
+        assert_eq!(cur("JPY").present(dec!(101.000000)).to_string(), "101");
+        assert_eq!(cur("USD").present(dec!(1.0005)).to_string(), "1.0005");
+        assert_eq!(cur("USD").present(dec!(-3)).to_string(), "-3.00");
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "autoinvoice_runs_taken_over_total",
         "Runs this node claimed after another node's lease expired."
     );
+    describe_gauge!(
+        "autoinvoice_timers_armed",
+        "Tenant timers armed (at most one per owned tenant)."
+    );
     describe_gauge!("autoinvoice_build_info", "Build information; always 1.");
     gauge!("autoinvoice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for outcome in ["completed", "failed"] {
@@ -91,6 +95,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     counter!("autoinvoice_ownership_changes_total").absolute(0);
     counter!("autoinvoice_runs_taken_over_total").absolute(0);
     gauge!("autoinvoice_runs_overdue").set(0.0);
+    gauge!("autoinvoice_timers_armed").set(0.0);
     gauge!("autoinvoice_tenants_owned").set(0.0);
     gauge!("autoinvoice_tenants_misconfigured").set(0.0);
     Ok(handle)
@@ -144,4 +149,9 @@ pub fn ownership_changes(n: u64) {
 
 pub fn run_taken_over() {
     counter!("autoinvoice_runs_taken_over_total").increment(1);
+}
+
+/// A tenant timer was armed (+1) or cancelled/fired (-1).
+pub fn timers_armed(delta: i64) {
+    gauge!("autoinvoice_timers_armed").increment(delta as f64);
 }

@@ -97,10 +97,16 @@ impl TenantActor {
         self.overdue = overdue;
     }
 
-    fn arm(&mut self, ctx: &mut Context<Self>) {
+    /// Cancels the armed timer, if any.
+    fn disarm(&mut self, ctx: &mut Context<Self>) {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
+            telemetry::timers_armed(-1);
         }
+    }
+
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        self.disarm(ctx);
         if self.shared.shutdown.is_cancelled() {
             return;
         }
@@ -116,7 +122,14 @@ impl TenantActor {
             .unwrap_or(Duration::ZERO)
             .min(MAX_SLEEP);
         tracing::debug!(tenant_id = self.row.id, %wake, ?sleep, "armed");
-        self.timer = Some(ctx.run_later(sleep, |_, ctx| ctx.notify(Tick)));
+        telemetry::timers_armed(1);
+        self.timer = Some(ctx.run_later(sleep, |act, ctx| {
+            // Fired: no longer armed.
+            if act.timer.take().is_some() {
+                telemetry::timers_armed(-1);
+            }
+            ctx.notify(Tick);
+        }));
     }
 
     fn backoff(&self) -> Duration {
@@ -134,6 +147,9 @@ impl Actor for TenantActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.set_overdue(0);
+        if self.timer.take().is_some() {
+            telemetry::timers_armed(-1);
+        }
     }
 }
 
@@ -149,9 +165,7 @@ impl Handler<Tick> for TenantActor {
             return;
         }
         self.running = true;
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
+        self.disarm(ctx);
         // Run instants passed since the last tick: due now, overdue until they complete, even
         // if the database cannot be read to know more.
         let now = self.shared.clock.now();
@@ -256,9 +270,7 @@ impl Handler<Stop> for TenantActor {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         self.stopping = true;
-        if let Some(handle) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
+        self.disarm(ctx);
         if let Some(done) = self.caught_up.take() {
             let _ = done.send(());
         }

@@ -32,8 +32,15 @@ struct Page {
 }
 
 impl Page {
+    /// Refuses a limit outside 1..=500 rather than silently changing it.
+    fn check(&self) -> Result<(), ApiError> {
+        match self.limit {
+            Some(0) | Some(501..) => Err(ApiError::bad_request("limit must be between 1 and 500")),
+            _ => Ok(()),
+        }
+    }
     fn limit(&self) -> u32 {
-        self.limit.unwrap_or(50).clamp(1, 500)
+        self.limit.unwrap_or(50)
     }
     fn offset(&self) -> u64 {
         self.offset.unwrap_or(0)
@@ -123,6 +130,7 @@ async fn list_tenants(
     state: web::Data<ApiState>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
+    page.check()?;
     let rows = state
         .shared
         .engine()
@@ -250,6 +258,7 @@ async fn list_runs(
     id: web::Path<i64>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
+    page.check()?;
     let row = tenant(&state, *id).await?;
     let (runs, total) = state
         .shared
@@ -314,6 +323,7 @@ async fn list_invoices(
         limit: query.limit,
         offset: query.offset,
     };
+    page.check()?;
     let filter = InvoiceFilter {
         status: query.status.clone(),
         from: instant("from", query.from.as_deref())?,

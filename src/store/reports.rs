@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::codec::{Codec, get};
 use super::{Context, RunRow, Store, StoreError, TenantRow};
+use crate::money::Currency;
 
 /// One decision of a run, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -49,6 +50,14 @@ pub struct InvoiceFilter {
     /// Invoices whose period intersects `[from, to)`.
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+}
+
+/// An amount as the currency writes it; unchanged but normalised for an invalid code.
+fn present(currency: &str, amount: Decimal) -> Decimal {
+    match currency.parse::<Currency>() {
+        Ok(c) => c.present(amount),
+        Err(_) => amount.normalize(),
+    }
 }
 
 impl Store {
@@ -143,16 +152,18 @@ impl Store {
             .context("listing decisions")?;
         rows.iter()
             .map(|r| {
+                let currency = get::<String>(r, "currency", "invoice_decisions")?
+                    .trim()
+                    .to_owned();
+                let amount = codec.get_opt_money(r, "amount", "invoice_decisions")?;
                 Ok(DecisionRecord {
                     id: get(r, "id", "invoice_decisions")?,
                     affiliate_id: get(r, "affiliate_id", "invoice_decisions")?,
-                    currency: get::<String>(r, "currency", "invoice_decisions")?
-                        .trim()
-                        .to_owned(),
+                    amount: amount.map(|a| present(&currency, a)),
+                    currency,
                     outcome: get(r, "outcome", "invoice_decisions")?,
                     reason: get(r, "reason", "invoice_decisions")?,
                     invoice_id: get(r, "invoice_id", "invoice_decisions")?,
-                    amount: codec.get_opt_money(r, "amount", "invoice_decisions")?,
                 })
             })
             .collect()
@@ -209,14 +220,16 @@ impl Store {
         let invoices = rows
             .iter()
             .map(|r| {
+                let currency = get::<String>(r, "currency", "invoices")?.trim().to_owned();
+                let amount = present(&currency, codec.get_money(r, "amount", "invoices")?);
                 Ok(InvoiceRecord {
                     id: get(r, "id", "invoices")?,
                     tenant_id: get(r, "tenant_id", "invoices")?,
                     affiliate_id: get(r, "affiliate_id", "invoices")?,
-                    currency: get::<String>(r, "currency", "invoices")?.trim().to_owned(),
+                    currency,
                     period_start: codec.get_instant(r, "period_start", "invoices")?,
                     period_end: codec.get_instant(r, "period_end", "invoices")?,
-                    amount: codec.get_money(r, "amount", "invoices")?,
+                    amount,
                     conversions_count: get(r, "conversions_count", "invoices")?,
                     status: get(r, "status", "invoices")?,
                     comment: get(r, "comment", "invoices")?,

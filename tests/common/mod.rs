@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod openapi;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
