@@ -570,3 +570,30 @@ async fn the_openapi_document_is_valid_json_with_every_route() {
     }
     let _ = BASE_CONFIG;
 }
+
+/// The time zones the API accepts are exactly this build's tz database. Regenerate the enum
+/// after a chrono-tz upgrade with `AUTOINVOICE_UPDATE_OPENAPI=1 cargo test --test http`.
+#[test]
+fn the_openapi_time_zones_are_this_builds() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect();
+    names.sort_unstable();
+    let zone = &mut doc["components"]["schemas"]["SettingsInput"]["properties"]["timezone"];
+    if std::env::var("AUTOINVOICE_UPDATE_OPENAPI").is_ok() {
+        zone["enum"] = serde_json::json!(names);
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+        return;
+    }
+    let listed: Vec<&str> = zone["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed, names,
+        "docs/openapi.json lists other zones than this build knows"
+    );
+}

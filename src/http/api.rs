@@ -11,16 +11,16 @@ use crate::schedule::{Anchor, PlannedRun, Schedule, TimeZone};
 use crate::store::{InvoiceFilter, RunRow, TenantRow};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/tenants").route(web::get().to(list_tenants)))
+    cfg.service(resource("/tenants", "GET").route(web::get().to(list_tenants)))
         .service(
-            resource("/tenants/{id}/settings")
+            resource("/tenants/{id}/settings", "GET, PUT")
                 .route(web::get().to(get_settings))
                 .route(web::put().to(put_settings)),
         )
-        .service(resource("/tenants/{id}/runs").route(web::get().to(list_runs)))
-        .service(resource("/tenants/{id}/invoices").route(web::get().to(list_invoices)))
-        .service(resource("/tenants/{id}/preview").route(web::post().to(preview)))
-        .service(resource("/runs/{id}").route(web::get().to(get_run)));
+        .service(resource("/tenants/{id}/runs", "GET").route(web::get().to(list_runs)))
+        .service(resource("/tenants/{id}/invoices", "GET").route(web::get().to(list_invoices)))
+        .service(resource("/tenants/{id}/preview", "POST").route(web::post().to(preview)))
+        .service(resource("/runs/{id}", "GET").route(web::get().to(get_run)));
 }
 
 /// `?limit=&offset=`: at most 500 items a page, 50 by default.
@@ -34,10 +34,13 @@ struct Page {
 impl Page {
     /// Refuses a limit outside 1..=500 rather than silently changing it.
     fn check(&self) -> Result<(), ApiError> {
-        match self.limit {
-            Some(0) | Some(501..) => Err(ApiError::bad_request("limit must be between 1 and 500")),
-            _ => Ok(()),
+        if matches!(self.limit, Some(0) | Some(501..)) {
+            return Err(ApiError::bad_request("limit must be between 1 and 500"));
         }
+        if self.offset() > i64::MAX as u64 {
+            return Err(ApiError::bad_request("offset is too large"));
+        }
+        Ok(())
     }
     fn limit(&self) -> u32 {
         self.limit.unwrap_or(50)

@@ -138,12 +138,16 @@ async fn not_found() -> HttpResponse {
     ApiError::not_found("no such resource").error_response()
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::new(
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this resource",
+        format!("method not allowed; allowed: {allow}"),
     )
-    .error_response()
+    .error_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
 }
 
 /// Extractor errors as JSON with the statuses of §9: bodies too large 413, malformed JSON
@@ -208,7 +212,7 @@ pub fn start(listen: SocketAddr, state: ApiState) -> std::io::Result<(SocketAddr
     Ok((bound, handle))
 }
 
-/// `resource` answering 405 in JSON for methods it does not route.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource answering 405 in JSON, with `Allow: <allow>`, for methods it does not route.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move { method_not_allowed(allow) }))
 }
