@@ -365,6 +365,7 @@ impl Engine {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(tenant_id = tenant.id, error = %e, "cannot read the run ledger");
+                telemetry::run_finished(false, 0.0);
                 report.error = Some(e.to_string());
                 return report;
             }

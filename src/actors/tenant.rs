@@ -61,7 +61,7 @@ pub struct TenantActor {
     overdue: usize,
     /// Clock reading at the start of the last tick: run instants after it are new.
     last_tick: Option<DateTime<Utc>>,
-    /// Run instants crossed by the tick in flight.
+    /// Run instants crossed by the last tick.
     crossed: usize,
 }
 
@@ -178,6 +178,8 @@ impl Handler<Tick> for TenantActor {
             None => 0,
         };
         self.last_tick = Some(now);
+        // Due now and not completed: overdue from this moment, however long the run takes.
+        self.set_overdue(self.overdue + self.crossed);
         let shared = self.shared.clone();
         let row = self.row.clone();
         let ledger = self.ledger.take();
@@ -207,6 +209,21 @@ impl Handler<RunsFinished> for TenantActor {
             let _ = done.send(());
         }
         let now = self.shared.clock.now();
+        // Overdue: the runs of this pass that did not complete. When the ledger could not be
+        // read, what is known is what the tick added.
+        if report.error.is_none() {
+            let overdue = report
+                .runs
+                .iter()
+                .filter(|r| {
+                    !matches!(
+                        r.outcome,
+                        RunOutcome::Completed | RunOutcome::AlreadyCompleted
+                    )
+                })
+                .count();
+            self.set_overdue(overdue);
+        }
         let failed =
             report.error.is_some() || report.runs.iter().any(|r| r.outcome == RunOutcome::Failed);
         let elsewhere = report

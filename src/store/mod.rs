@@ -96,7 +96,7 @@ impl Store {
             .max_connections(settings.max_connections)
             .min_connections(0)
             .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false);
         let connect_error = |source| StoreError::Connect {
             url: redact_url(&settings.url),

@@ -9,6 +9,7 @@
 
 pub mod daemon;
 pub mod openapi;
+pub mod pgcluster;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -88,6 +89,12 @@ impl TestDb {
     pub async fn postgres() -> Option<Self> {
         let admin =
             std::env::var("AUTOINVOICE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
+        Self::postgres_at(&admin).await
+    }
+
+    /// A fresh database on the PostgreSQL server at `admin` (a URL to an existing database).
+    pub async fn postgres_at(admin: &str) -> Option<Self> {
+        let admin = admin.to_owned();
         let admin_store = match Store::connect(&settings(&admin, Backend::Postgres)).await {
             Ok(s) => s,
             Err(e) => {
