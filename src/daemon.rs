@@ -107,6 +107,7 @@ async fn run(
         }
     });
     if settings.cluster.mode != ClusterMode::Dynamic {
+        // Single and static nodes do not heartbeat: they count themselves.
         telemetry::live_nodes(1);
     }
     notify::ready();

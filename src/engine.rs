@@ -22,8 +22,6 @@ use crate::store::{
 };
 use crate::telemetry;
 
-/// How long a run claim lasts without renewal; renewed at every invoice.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// How often an affiliate is re-evaluated when its conversions keep changing under a run.
 const MAX_ATTEMPTS_PER_AFFILIATE: usize = 3;
 
@@ -42,7 +40,9 @@ impl EngineSettings {
             schedule: settings.schedule,
             invoice: settings.invoice.clone(),
             node_id: settings.cluster.node_id.clone(),
-            lease: DEFAULT_LEASE,
+            // A claim lives as long as a silent node is still counted alive: a dead node's
+            // runs are taken over about when its tenants move.
+            lease: settings.cluster.node_ttl,
         }
     }
 }
@@ -425,8 +425,37 @@ impl Engine {
             Prepared::Done(report) => return report,
         };
         let span = prepared.span();
+        // Keep the claim alive while the run works, also through long stretches without an
+        // invoice transaction (each of which renews it too).
+        let renewal = {
+            let (store, node, lease) = (
+                self.store.clone(),
+                self.settings.node_id.clone(),
+                self.settings.lease,
+            );
+            let run_id = prepared.context.run_id;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.renew_claim(run_id, &node, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                run_id,
+                                "claim lost while running; the run will stop at its next invoice"
+                            );
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(run_id, error = %e, "cannot renew the run's claim")
+                        }
+                    }
+                }
+            })
+        };
         async {
             let (results, interrupted) = settler.settle_all(self, &prepared, cancel).await;
+            renewal.abort();
             self.finish(prepared, results, interrupted).await
         }
         .instrument(span)

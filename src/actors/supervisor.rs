@@ -43,6 +43,11 @@ pub struct Shutdown;
 #[rtype(result = "()")]
 pub struct Upsert(pub TenantRow);
 
+/// Dynamic mode: heartbeat, learn the live nodes, recompute ownership.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
 /// Liveness probe for the watchdog.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -57,6 +62,11 @@ pub struct Supervisor {
     misconfigured: HashMap<i64, TenantRow>,
     refresh_timer: Option<SpawnHandle>,
     refreshing: bool,
+    /// Dynamic mode: the live nodes seen at the last successful heartbeat, and when.
+    live_nodes: Vec<String>,
+    last_heartbeat: Option<std::time::Instant>,
+    heartbeat_timer: Option<SpawnHandle>,
+    heartbeating: bool,
 }
 
 impl Supervisor {
@@ -68,12 +78,60 @@ impl Supervisor {
             misconfigured: HashMap::new(),
             refresh_timer: None,
             refreshing: false,
+            live_nodes: Vec::new(),
+            last_heartbeat: None,
+            heartbeat_timer: None,
+            heartbeating: false,
         }
+    }
+
+    fn node_id(&self) -> String {
+        self.shared.engine().settings().node_id.clone()
+    }
+
+    /// In dynamic mode, heartbeats every `cluster.heartbeat_interval`; otherwise none.
+    fn arm_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.heartbeat_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if self.settings.cluster.mode == ClusterMode::Dynamic {
+            self.heartbeat_timer = Some(ctx.run_interval(
+                self.settings.cluster.heartbeat_interval,
+                |_, ctx| {
+                    ctx.notify(Heartbeat);
+                },
+            ));
+        }
+    }
+
+    /// Takes in the live nodes of a successful heartbeat.
+    fn heard(&mut self, live: Vec<String>) {
+        self.last_heartbeat = Some(std::time::Instant::now());
+        if live != self.live_nodes {
+            tracing::info!(live = ?live, "cluster membership changed");
+        }
+        telemetry::live_nodes(live.len());
+        self.live_nodes = live;
     }
 
     fn membership(&self) -> Membership {
         match self.settings.cluster.mode {
-            ClusterMode::Single | ClusterMode::Dynamic => Membership::Single,
+            ClusterMode::Single => Membership::Single,
+            ClusterMode::Dynamic => {
+                // Not heard from the database for node_ttl: the others count this node dead
+                // and own its tenants, so it owns nothing until it heartbeats again.
+                let fresh = self
+                    .last_heartbeat
+                    .is_some_and(|t| t.elapsed() < self.settings.cluster.node_ttl);
+                Membership::Dynamic {
+                    node_id: self.node_id(),
+                    live_nodes: if fresh {
+                        self.live_nodes.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
             ClusterMode::Static {
                 shard_index,
                 shard_count,
@@ -210,22 +268,39 @@ impl Handler<Start> for Supervisor {
     fn handle(&mut self, _: Start, _ctx: &mut Context<Self>) -> Self::Result {
         let engine = self.shared.engine();
         let now = self.shared.clock.now();
+        let dynamic = self.settings.cluster.mode == ClusterMode::Dynamic;
+        let (node_id, ttl) = (self.node_id(), self.settings.cluster.node_ttl);
         Box::pin(
             async move {
+                let live = if dynamic {
+                    Some(
+                        engine
+                            .store()
+                            .heartbeat(&node_id, ttl)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    )
+                } else {
+                    None
+                };
                 let rows = engine.store().tenants().await.map_err(|e| e.to_string())?;
                 let ledgers = engine
                     .store()
                     .ledgers(engine.ledger_since(now))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>((rows, ledgers))
+                Ok::<_, String>((live, rows, ledgers))
             }
             .into_actor(self)
             .then(|loaded, act, ctx| {
                 let mut receivers = Vec::new();
-                let outcome = loaded.map(|(rows, ledgers)| {
+                let outcome = loaded.map(|(live, rows, ledgers)| {
+                    if let Some(live) = live {
+                        act.heard(live);
+                    }
                     act.apply(rows, ledgers, Some(&mut receivers));
                     act.arm_refresh(ctx);
+                    act.arm_heartbeat(ctx);
                     act.tenants.len()
                 });
                 async move {
@@ -282,6 +357,7 @@ impl Handler<Reload> for Supervisor {
         let schedule_changed = new.schedule != old.schedule;
         self.settings = new;
         self.arm_refresh(ctx);
+        self.arm_heartbeat(ctx);
         if schedule_changed {
             // Run time, anchor or window changed: every timer is re-armed.
             for (row, addr) in self.tenants.values() {
@@ -304,13 +380,25 @@ impl Handler<Shutdown> for Supervisor {
         for (_, addr) in self.tenants.values() {
             addr.do_send(Stop);
         }
+        if let Some(handle) = self.heartbeat_timer.take() {
+            ctx.cancel_future(handle);
+        }
         let tracker = self.shared.tracker.clone();
         let timeout = self.settings.shutdown_timeout;
+        let leave = (self.settings.cluster.mode == ClusterMode::Dynamic)
+            .then(|| (self.shared.engine().store().clone(), self.node_id()));
         Box::pin(async move {
             tracker.close();
-            tokio::time::timeout(timeout.max(Duration::from_millis(1)), tracker.wait())
-                .await
-                .is_ok()
+            let drained =
+                tokio::time::timeout(timeout.max(Duration::from_millis(1)), tracker.wait())
+                    .await
+                    .is_ok();
+            if let Some((store, node_id)) = leave
+                && let Err(e) = store.leave(&node_id).await
+            {
+                tracing::warn!(error = %e, "cannot leave the cluster; the others wait for node_ttl");
+            }
+            drained
         })
     }
 }
@@ -324,6 +412,33 @@ impl Handler<Upsert> for Supervisor {
         }
         self.apply_row(row, None, None);
         telemetry::tenants(self.tenants.len(), self.misconfigured.len());
+    }
+}
+
+impl Handler<Heartbeat> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Context<Self>) {
+        if self.heartbeating || self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        self.heartbeating = true;
+        let store = self.shared.engine().store().clone();
+        let (node_id, ttl) = (self.node_id(), self.settings.cluster.node_ttl);
+        ctx.spawn(
+            async move { store.heartbeat(&node_id, ttl).await }
+                .into_actor(self)
+                .map(|live, act, ctx| {
+                    act.heartbeating = false;
+                    match live {
+                        Ok(live) => act.heard(live),
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                    // Ownership is recomputed at every heartbeat, failed ones included: a node
+                    // silent for node_ttl drops its tenants.
+                    ctx.notify(Refresh);
+                }),
+        );
     }
 }
 

@@ -6,6 +6,7 @@
 //! from a streamed scan (memory follows the number of affiliate × currency groups, not the
 //! number of conversions). See [`codec`] for how values cross that boundary.
 
+mod cluster;
 pub mod codec;
 mod facts;
 mod invoices;

@@ -391,6 +391,17 @@ impl Store {
 }
 
 impl Store {
+    /// Renews a claim outside any transaction (between invoices of a long run); `false`
+    /// when the claim is no longer this node's.
+    pub async fn renew_claim(
+        &self,
+        run_id: i64,
+        node: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        fence(&self.db, self, run_id, node, lease).await
+    }
+
     /// Gives a claimed run back (status `pending`, no claim), so that any node may resume
     /// it at once: a graceful shutdown does this with the runs it cuts short.
     pub async fn release_run(&self, run_id: i64, node: &str) -> Result<(), StoreError> {
