@@ -13,17 +13,22 @@ use tracing::Instrument;
 use crate::config::{InvoiceSettings, Settings};
 use crate::money::{Currency, Totals};
 use crate::rules::{
-    AffiliateStatus, Decision, ExistingInvoice, PaymentSystem, Run, Screening, screen, settle,
+    AffiliateStatus, Decision, ExistingInvoice, NewInvoice, PaymentSystem, Run, Screening, screen,
+    settle,
 };
 use crate::schedule::{Period, PlannedRun, ScheduleSettings, TenantSchedule, due_runs};
 use crate::store::{
-    CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunLedger, RunStatus, Store, StoreError,
-    TenantRow,
+    BatchOutcome, CreateOutcome, DecisionRow, InvoiceToCreate, RunClaim, RunLedger, RunStatus,
+    Store, StoreError, TenantRow,
 };
 use crate::telemetry;
 
 /// How often an affiliate is re-evaluated when its conversions keep changing under a run.
 const MAX_ATTEMPTS_PER_AFFILIATE: usize = 3;
+/// Invoices written per transaction (each whole, with exactly its links).
+const INVOICES_PER_TRANSACTION: usize = 250;
+/// Affiliates per unit of work handed to an AffiliateActor.
+pub const AFFILIATES_PER_BATCH: usize = 250;
 
 /// What the engine needs from the configuration.
 #[derive(Clone, Debug)]
@@ -256,12 +261,12 @@ impl Settler for InTurn {
         prepared: &PreparedRun,
         cancel: &CancellationToken,
     ) -> (Vec<Result<AffiliateResult, EngineError>>, bool) {
-        let mut results = Vec::with_capacity(prepared.work.len());
-        for work in &prepared.work {
+        let mut results = Vec::with_capacity(prepared.work.len() / AFFILIATES_PER_BATCH + 1);
+        for works in prepared.work.chunks(AFFILIATES_PER_BATCH) {
             if cancel.is_cancelled() {
                 return (results, true);
             }
-            let result = engine.settle(&prepared.context, work).await;
+            let result = engine.settle(&prepared.context, works).await;
             let failed = result.is_err();
             results.push(result);
             if failed {
@@ -563,11 +568,94 @@ impl Engine {
     pub async fn settle(
         &self,
         context: &RunContext,
-        work: &AffiliateWork,
+        works: &[AffiliateWork],
     ) -> Result<AffiliateResult, EngineError> {
         let mut result = AffiliateResult::default();
-        let mut queue = self.decide(context.tenant_id, &context.run, work).await?;
-        let mut attempts: HashMap<Currency, usize> = HashMap::new();
+        let mut creations = Vec::new();
+        for work in works {
+            for p in self
+                .decide(context.tenant_id, &context.run, work)
+                .await?
+                .into_iter()
+                .rev()
+            {
+                match p.decision {
+                    Decision::Create(_) => creations.push(p),
+                    Decision::Skip { reason, amount } => {
+                        result.count(p.decision.label());
+                        if p.decision.is_recorded() {
+                            result.skips.push(skip_line(&p, reason.as_str(), amount));
+                        }
+                    }
+                }
+            }
+        }
+        // Many invoices per transaction, each still written whole with exactly its links;
+        // a batch that meets any surprise (a conversion linked or added meanwhile, an
+        // invoice created meanwhile) is rolled back and redone one invoice at a time.
+        for batch in creations.chunks(INVOICES_PER_TRANSACTION) {
+            let requests: Vec<InvoiceToCreate> = batch
+                .iter()
+                .filter_map(|p| match p.decision {
+                    Decision::Create(invoice) => {
+                        Some(self.to_create(context, p.affiliate_id, invoice))
+                    }
+                    Decision::Skip { .. } => None,
+                })
+                .collect();
+            match self.store.create_invoices(&requests).await? {
+                BatchOutcome::Created(ids) => {
+                    for (p, (request, id)) in batch.iter().zip(requests.iter().zip(ids)) {
+                        result.count("created");
+                        result
+                            .invoices
+                            .push(invoice_line(Some(id), p, &request.invoice));
+                    }
+                }
+                BatchOutcome::LostClaim => {
+                    return Err(EngineError::LostClaim {
+                        run_id: context.run_id,
+                    });
+                }
+                BatchOutcome::Retry => {
+                    for p in batch {
+                        self.settle_one(context, p.clone(), &mut result).await?;
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    fn to_create(
+        &self,
+        context: &RunContext,
+        affiliate_id: i64,
+        invoice: NewInvoice,
+    ) -> InvoiceToCreate<'_> {
+        InvoiceToCreate {
+            run_id: context.run_id,
+            node_id: &self.settings.node_id,
+            lease: self.settings.lease,
+            tenant_id: context.tenant_id,
+            affiliate_id,
+            run_key: context.run.key,
+            invoice,
+            status: &self.settings.invoice.status,
+            comment: &self.settings.invoice.comment,
+        }
+    }
+
+    /// One creation in its own transaction; when the affiliate's conversions changed under
+    /// it, re-evaluates that affiliate and currency (a few times, then fails the run).
+    async fn settle_one(
+        &self,
+        context: &RunContext,
+        first: Planned,
+        result: &mut AffiliateResult,
+    ) -> Result<(), EngineError> {
+        let mut queue = vec![first];
+        let mut attempts = 0usize;
         while let Some(p) = queue.pop() {
             let Decision::Create(invoice) = p.decision else {
                 result.count(p.decision.label());
@@ -578,21 +666,11 @@ impl Engine {
                 }
                 continue;
             };
-            let outcome = self
+            match self
                 .store
-                .create_invoice(&InvoiceToCreate {
-                    run_id: context.run_id,
-                    node_id: &self.settings.node_id,
-                    lease: self.settings.lease,
-                    tenant_id: context.tenant_id,
-                    affiliate_id: p.affiliate_id,
-                    run_key: context.run.key,
-                    invoice,
-                    status: &self.settings.invoice.status,
-                    comment: &self.settings.invoice.comment,
-                })
-                .await?;
-            match outcome {
+                .create_invoice(&self.to_create(context, p.affiliate_id, invoice))
+                .await?
+            {
                 CreateOutcome::Created { invoice_id } => {
                     result.count("created");
                     result
@@ -609,8 +687,7 @@ impl Engine {
                     });
                 }
                 CreateOutcome::Mismatch { linked, sum } => {
-                    let tries = attempts.entry(p.currency).or_default();
-                    *tries += 1;
+                    attempts += 1;
                     tracing::warn!(
                         affiliate_id = p.affiliate_id,
                         currency = %p.currency,
@@ -619,11 +696,11 @@ impl Engine {
                         %sum,
                         "conversions changed while invoicing; re-evaluating the affiliate"
                     );
-                    if *tries >= MAX_ATTEMPTS_PER_AFFILIATE {
+                    if attempts >= MAX_ATTEMPTS_PER_AFFILIATE {
                         return Err(EngineError::Unsettled {
                             affiliate_id: p.affiliate_id,
                             currency: p.currency,
-                            attempts: *tries,
+                            attempts,
                         });
                     }
                     let scope = Some((p.affiliate_id, p.currency));
@@ -636,7 +713,7 @@ impl Engine {
                 }
             }
         }
-        Ok(result)
+        Ok(())
     }
 
     /// Ends a claimed run: records its skips and completes it; or, when an affiliate

@@ -1,4 +1,4 @@
-//! AffiliateActors: settle one affiliate of a run at a time — §3 and its invoice
+//! AffiliateActors: settle one batch of a run's affiliates at a time — §3 and the invoice
 //! transactions — through the engine. A fixed pool of them bounds the writes in flight.
 
 use actix::prelude::*;
@@ -6,16 +6,17 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    AffiliateResult, AffiliateWork, Engine, EngineError, PreparedRun, RunContext, Settler,
+    AFFILIATES_PER_BATCH, AffiliateResult, AffiliateWork, Engine, EngineError, PreparedRun,
+    RunContext, Settler,
 };
 
-/// Settle one affiliate of a claimed run.
+/// Settle a batch of affiliates of a claimed run.
 #[derive(Message)]
 #[rtype(result = "Result<AffiliateResult, EngineError>")]
 pub struct Settle {
     pub engine: Engine,
     pub context: RunContext,
-    pub work: AffiliateWork,
+    pub works: Vec<AffiliateWork>,
     pub cancel: CancellationToken,
 }
 
@@ -36,7 +37,7 @@ impl Handler<Settle> for AffiliateActor {
                 if msg.cancel.is_cancelled() {
                     return Err(EngineError::Interrupted);
                 }
-                msg.engine.settle(&msg.context, &msg.work).await
+                msg.engine.settle(&msg.context, &msg.works).await
             }
             .into_actor(self),
         ))
@@ -74,16 +75,20 @@ impl Settler for AffiliatePool {
         prepared: &PreparedRun,
         cancel: &CancellationToken,
     ) -> (Vec<Result<AffiliateResult, EngineError>>, bool) {
-        let sends = prepared.work.iter().map(|work| {
-            let worker =
-                &self.workers[work.affiliate_id.unsigned_abs() as usize % self.workers.len()];
-            worker.send(Settle {
-                engine: engine.clone(),
-                context: prepared.context,
-                work: work.clone(),
-                cancel: cancel.clone(),
-            })
-        });
+        // Batches of affiliates, dealt round-robin: each affiliate is in exactly one batch,
+        // so no two workers ever write for the same affiliate.
+        let sends = prepared
+            .work
+            .chunks(AFFILIATES_PER_BATCH)
+            .enumerate()
+            .map(|(i, works)| {
+                self.workers[i % self.workers.len()].send(Settle {
+                    engine: engine.clone(),
+                    context: prepared.context,
+                    works: works.to_vec(),
+                    cancel: cancel.clone(),
+                })
+            });
         let mut interrupted = false;
         let mut results = Vec::with_capacity(prepared.work.len());
         for answer in join_all(sends).await {

@@ -49,6 +49,18 @@ pub enum CreateOutcome {
     LostClaim,
 }
 
+/// How writing a batch of invoices ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// All created, ids in the order given.
+    Created(Vec<i64>),
+    /// Something differed from what was counted (or an invoice exists already): rolled back
+    /// whole; write them one by one to find out which.
+    Retry,
+    /// This node no longer holds the run's claim: rolled back, stop the run.
+    LostClaim,
+}
+
 /// One decision row of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecisionRow {
@@ -205,6 +217,174 @@ impl Store {
         .await?;
         txn.commit().await.context("committing an invoice")?;
         Ok(CreateOutcome::Created { invoice_id })
+    }
+
+    /// Creates many invoices of one run in one transaction, each with exactly its links, and
+    /// their `created` decisions: a multi-row INSERT, one UPDATE … FROM linking every
+    /// invoice's conversions, and a per-invoice check of the linked count and rounded sum.
+    pub async fn create_invoices(
+        &self,
+        batch: &[InvoiceToCreate<'_>],
+    ) -> Result<BatchOutcome, StoreError> {
+        let Some(first) = batch.first() else {
+            return Ok(BatchOutcome::Created(Vec::new()));
+        };
+        let codec = Codec(self.backend);
+        let txn = self.begin_write().await?;
+        if !fence(&txn, self, first.run_id, first.node_id, first.lease).await? {
+            txn.rollback().await.context("rolling back")?;
+            return Ok(BatchOutcome::LostClaim);
+        }
+        const COLUMNS: usize = 13;
+        let mut sql = String::from(
+            "INSERT INTO invoices
+               (tenant_id, affiliate_id, currency, period_start, period_end, amount,
+                conversions_count, status, comment, source, payment_system_id, run_id,
+                run_period_start_date, run_period_end_date)
+             VALUES ",
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(batch.len() * COLUMNS);
+        for (i, c) in batch.iter().enumerate() {
+            let n = i * COLUMNS;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let p: Vec<String> = (1..=COLUMNS).map(|k| format!("${}", n + k)).collect();
+            sql.push_str(&format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, 'auto', {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12]
+            ));
+            let inv = &c.invoice;
+            values.extend([
+                c.tenant_id.into(),
+                c.affiliate_id.into(),
+                inv.currency.as_str().into(),
+                codec.instant(inv.from),
+                codec.instant(inv.to),
+                codec.money(inv.amount),
+                (inv.conversions_count as i64).into(),
+                c.status.into(),
+                c.comment.into(),
+                inv.payment_system_id.into(),
+                c.run_id.into(),
+                codec.date(c.run_key.start_date),
+                codec.date(c.run_key.end_date),
+            ]);
+        }
+        sql.push_str(" RETURNING id, affiliate_id, currency");
+        let inserted = match txn.query_all_raw(self.statement(&sql, values)).await {
+            Ok(rows) => rows,
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                txn.rollback().await.context("rolling back")?;
+                return Ok(BatchOutcome::Retry);
+            }
+            Err(e) => return Err(e).context("inserting invoices"),
+        };
+        let mut id_of: std::collections::HashMap<(i64, String), i64> =
+            std::collections::HashMap::new();
+        for r in &inserted {
+            let currency: String = get(r, "currency", "invoices")?;
+            id_of.insert(
+                (
+                    get(r, "affiliate_id", "invoices")?,
+                    currency.trim().to_owned(),
+                ),
+                get(r, "id", "invoices")?,
+            );
+        }
+        let ids: Vec<i64> = batch
+            .iter()
+            .map(|c| {
+                id_of
+                    .get(&(c.affiliate_id, c.invoice.currency.as_str().to_owned()))
+                    .copied()
+            })
+            .collect::<Option<_>>()
+            .ok_or(StoreError::BadData {
+                table: "invoices",
+                detail: "INSERT … RETURNING did not return every invoice".into(),
+            })?;
+
+        let list: Vec<String> = (1..=ids.len()).map(|k| format!("${k}")).collect();
+        let link = format!(
+            "UPDATE conversions SET invoice_id = i.id
+               FROM invoices i
+              WHERE i.id IN ({})
+                AND conversions.tenant_id = i.tenant_id AND conversions.affiliate_id = i.affiliate_id
+                AND conversions.currency = i.currency AND conversions.status = 'approved'
+                AND conversions.invoice_id IS NULL
+                AND conversions.occurred_at >= i.period_start AND conversions.occurred_at < i.period_end
+          RETURNING conversions.invoice_id AS invoice_id, conversions.payout AS payout",
+            list.join(", ")
+        );
+        let id_values: Vec<Value> = ids.iter().map(|&id| id.into()).collect();
+        let mut linked: std::collections::HashMap<i64, Totals> = std::collections::HashMap::new();
+        match self.backend {
+            Backend::Postgres => {
+                let rows = txn
+                    .query_all_raw(self.statement(
+                        &format!(
+                            "WITH linked AS ({link})
+                             SELECT invoice_id, count(*) AS n, sum(payout) AS total FROM linked GROUP BY invoice_id"
+                        ),
+                        id_values,
+                    ))
+                    .await
+                    .context("linking conversions")?;
+                for r in &rows {
+                    linked.insert(
+                        get(r, "invoice_id", "conversions")?,
+                        Totals {
+                            count: get::<i64>(r, "n", "conversions")? as u64,
+                            sum: codec.get_money(r, "total", "conversions")?,
+                        },
+                    );
+                }
+            }
+            Backend::Sqlite => {
+                let rows = txn
+                    .query_all_raw(self.statement(&link, id_values))
+                    .await
+                    .context("linking conversions")?;
+                for r in &rows {
+                    let payout = codec.get_money(r, "payout", "conversions")?;
+                    linked
+                        .entry(get(r, "invoice_id", "conversions")?)
+                        .or_default()
+                        .add(payout)
+                        .map_err(|e| StoreError::BadData {
+                            table: "conversions",
+                            detail: e.to_string(),
+                        })?;
+                }
+            }
+        }
+        let exact = batch.iter().zip(&ids).all(|(c, id)| {
+            let got = linked.get(id).copied().unwrap_or_default();
+            got.count == c.invoice.conversions_count
+                && c.invoice.currency.round(got.sum) == c.invoice.amount
+        });
+        if !exact {
+            txn.rollback().await.context("rolling back")?;
+            return Ok(BatchOutcome::Retry);
+        }
+        let decisions: Vec<DecisionRow> = batch
+            .iter()
+            .zip(&ids)
+            .map(|(c, &id)| DecisionRow {
+                affiliate_id: c.affiliate_id,
+                currency: c.invoice.currency.as_str().to_owned(),
+                reason: None,
+                invoice_id: Some(id),
+                amount: Some(c.invoice.amount),
+            })
+            .collect();
+        for chunk in decisions.chunks(500) {
+            self.insert_decisions(&txn, first.run_id, first.tenant_id, chunk)
+                .await?;
+        }
+        txn.commit().await.context("committing invoices")?;
+        Ok(BatchOutcome::Created(ids))
     }
 
     /// Records skip decisions of a run, replacing those of an earlier attempt of the same

@@ -26,7 +26,7 @@ use crate::config::{Backend, DatabaseSettings, redact_url};
 use crate::migrations::Migrator;
 
 pub use facts::{AffiliateRow, PayableTotal};
-pub use invoices::{CreateOutcome, DecisionRow, InvoiceToCreate};
+pub use invoices::{BatchOutcome, CreateOutcome, DecisionRow, InvoiceToCreate};
 pub use reports::{DecisionRecord, InvoiceFilter, InvoiceRecord};
 pub use runs::{RunClaim, RunLedger, RunRow, RunStatus};
 pub use tenants::TenantRow;
