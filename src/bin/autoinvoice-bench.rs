@@ -161,15 +161,15 @@ impl Data {
                 ]);
             };
             if h % 100 < 95 {
-                add(0, "USD", h % 7 != 0);
+                add(0, "USD", !h.is_multiple_of(7));
             }
             if h % 100 < 10 {
                 add(1, "USD", false);
             }
-            if (h >> 8) % 2 == 0 {
+            if (h >> 8).is_multiple_of(2) {
                 add(2, "EUR", true);
             }
-            if (h >> 16) % 3 == 0 {
+            if (h >> 16).is_multiple_of(3) {
                 add(3, "JPY", true);
             }
             rows
@@ -179,7 +179,7 @@ impl Data {
     /// 1 % of affiliates have a manual USD invoice over the first two days of the period and
     /// three before it (a partial overlap), with one linked conversion.
     fn overlapping(&self, affiliate: i64) -> bool {
-        mix(affiliate, 3) % 100 == 0
+        mix(affiliate, 3).is_multiple_of(100)
     }
 
     fn invoices(&self) -> impl Iterator<Item = Vec<Option<String>>> + '_ {
@@ -250,7 +250,7 @@ impl Data {
             let cents = (h >> 48) % 10_000 + 1;
             let payout = if currency == "JPY" {
                 format!("{}", cents)
-            } else if (h >> 30) % 50 == 0 {
+            } else if (h >> 30).is_multiple_of(50) {
                 format!("-{}.{:02}", cents / 100, cents % 100) // a refund
             } else {
                 format!("{}.{:02}", cents / 100, cents % 100)
