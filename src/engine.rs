@@ -158,6 +158,18 @@ pub struct TenantReport {
 }
 
 impl TenantReport {
+    /// A report with nothing in it yet.
+    pub fn new(tenant: &TenantRow) -> Self {
+        Self {
+            tenant_id: tenant.id,
+            name: tenant.name.clone(),
+            misconfigured: None,
+            error: None,
+            runs: Vec::new(),
+            missed: Vec::new(),
+        }
+    }
+
     /// Whether anything about this tenant counts as a failure for `run-due`'s exit status.
     pub fn failed(&self) -> bool {
         self.misconfigured.is_some()
@@ -350,14 +362,7 @@ impl Engine {
         settler: &dyn Settler,
         cancel: &CancellationToken,
     ) -> TenantReport {
-        let mut report = TenantReport {
-            tenant_id: tenant.id,
-            name: tenant.name.clone(),
-            misconfigured: None,
-            error: None,
-            runs: Vec::new(),
-            missed: Vec::new(),
-        };
+        let mut report = TenantReport::new(tenant);
         let schedule = match tenant.schedule() {
             Ok(s) => s,
             Err(e) => {
@@ -966,14 +971,7 @@ impl Engine {
     /// The dry run of the runs due at `at` for one tenant: what would be created and every
     /// skip, writing nothing.
     pub async fn preview(&self, tenant: &TenantRow, at: DateTime<Utc>) -> TenantReport {
-        let mut report = TenantReport {
-            tenant_id: tenant.id,
-            name: tenant.name.clone(),
-            misconfigured: None,
-            error: None,
-            runs: Vec::new(),
-            missed: Vec::new(),
-        };
+        let mut report = TenantReport::new(tenant);
         let schedule = match tenant.schedule() {
             Ok(s) => s,
             Err(e) => {

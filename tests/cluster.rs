@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use rust_decimal::Decimal;
 
 use autoinvoice::cluster::{Membership, jump_consistent_hash, rendezvous_owner};
 use common::daemon::{Api, Daemon, config, eventually};
@@ -21,62 +20,14 @@ const AFFILIATES_PER_TENANT: i64 = 30;
 /// 60 weekly UTC tenants, each with 30 active affiliates and one conversion per affiliate in
 /// the week of 2024-03-04 (run: Monday 2024-03-11 00:01Z).
 async fn seed(db: &TestDb) {
-    let codec = db.codec();
     for tenant in 1..=TENANTS {
         db.tenant(tenant, "UTC", "weekly", "2024-01-01T00:00:00Z")
             .await;
         let ids: Vec<i64> = (0..AFFILIATES_PER_TENANT)
             .map(|a| tenant * 1000 + a)
             .collect();
-        let rows = |cols: usize| {
-            (0..ids.len())
-                .map(|r| {
-                    let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        db.exec(
-            &format!(
-                "INSERT INTO affiliates (id, tenant_id, name, status) VALUES {}",
-                rows(4)
-            ),
-            ids.iter()
-                .flat_map(|&id| [id.into(), tenant.into(), "a".into(), "active".into()])
-                .collect(),
-        )
-        .await;
-        db.exec(
-            &format!(
-                "INSERT INTO payment_systems (id, affiliate_id, currency) VALUES {}",
-                rows(3)
-            ),
-            ids.iter()
-                .flat_map(|&id| [id.into(), id.into(), "USD".into()])
-                .collect(),
-        )
-        .await;
-        db.exec(
-            &format!(
-                "INSERT INTO conversions (id, tenant_id, affiliate_id, occurred_at, status, payout, currency) VALUES {}",
-                rows(7)
-            ),
-            ids.iter()
-                .flat_map(|&id| {
-                    [
-                        id.into(),
-                        tenant.into(),
-                        id.into(),
-                        codec.instant(common::t("2024-03-06T12:00:00Z")),
-                        "approved".into(),
-                        codec.money(Decimal::new(id, 2)),
-                        "USD".into(),
-                    ]
-                })
-                .collect(),
-        )
-        .await;
+        db.bulk_affiliates(tenant, &ids, "2024-03-06T12:00:00Z")
+            .await;
     }
 }
 

@@ -147,62 +147,12 @@ async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one(db: &TestDb) {
 }
 
 async fn sigterm_mid_run_leaves_no_half_written_invoice(db: &TestDb) {
-    // Enough affiliates, settled one at a time, that the run is still going when SIGTERM lands.
-    let affiliates = 2000i64;
+    // Enough affiliates (20 batches of 250, one batch at a time) that the run is still going
+    // when SIGTERM lands.
+    let affiliates = 5000i64;
     db.tenant(1, "UTC", "weekly", "2024-01-01T00:00:00Z").await;
-    let codec = db.codec();
-    for chunk in 0..(affiliates / 500) {
-        let ids: Vec<i64> = (chunk * 500..(chunk + 1) * 500).map(|i| 1000 + i).collect();
-        let rows = |cols: usize| {
-            (0..ids.len())
-                .map(|r| {
-                    let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        db.exec(
-            &format!(
-                "INSERT INTO affiliates (id, tenant_id, name, status) VALUES {}",
-                rows(4)
-            ),
-            ids.iter()
-                .flat_map(|&id| [id.into(), 1i64.into(), "a".into(), "active".into()])
-                .collect(),
-        )
-        .await;
-        db.exec(
-            &format!(
-                "INSERT INTO payment_systems (id, affiliate_id, currency) VALUES {}",
-                rows(3)
-            ),
-            ids.iter()
-                .flat_map(|&id| [id.into(), id.into(), "USD".into()])
-                .collect(),
-        )
-        .await;
-        db.exec(
-            &format!(
-                "INSERT INTO conversions (id, tenant_id, affiliate_id, occurred_at, status, payout, currency) VALUES {}",
-                rows(7)
-            ),
-            ids.iter()
-                .flat_map(|&id| {
-                    [
-                        id.into(),
-                        1i64.into(),
-                        id.into(),
-                        codec.instant(t("2024-03-06T12:00:00Z")),
-                        "approved".into(),
-                        codec.money(Decimal::new(id, 2)),
-                        "USD".into(),
-                    ]
-                })
-                .collect(),
-        )
-        .await;
-    }
+    let ids: Vec<i64> = (1000..1000 + affiliates).collect();
+    db.bulk_affiliates(1, &ids, "2024-03-06T12:00:00Z").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),

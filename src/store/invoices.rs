@@ -72,6 +72,27 @@ pub struct DecisionRow {
     pub amount: Option<Decimal>,
 }
 
+/// The bound values of one invoice row, in the column order of both INSERTs below (with
+/// `source = 'auto'` written as a literal between `comment` and `payment_system_id`).
+fn invoice_values(codec: Codec, c: &InvoiceToCreate<'_>) -> [Value; 13] {
+    let inv = &c.invoice;
+    [
+        c.tenant_id.into(),
+        c.affiliate_id.into(),
+        inv.currency.as_str().into(),
+        codec.instant(inv.from),
+        codec.instant(inv.to),
+        codec.money(inv.amount),
+        (inv.conversions_count as i64).into(),
+        c.status.into(),
+        c.comment.into(),
+        inv.payment_system_id.into(),
+        c.run_id.into(),
+        codec.date(c.run_key.start_date),
+        codec.date(c.run_key.end_date),
+    ]
+}
+
 impl Store {
     async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
         // SQLite: take the write lock at BEGIN, so two writers queue on busy_timeout instead
@@ -114,21 +135,7 @@ impl Store {
                     run_period_start_date, run_period_end_date)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'auto', $10, $11, $12, $13)
                  RETURNING id",
-                vec![
-                    c.tenant_id.into(),
-                    c.affiliate_id.into(),
-                    inv.currency.as_str().into(),
-                    codec.instant(inv.from),
-                    codec.instant(inv.to),
-                    codec.money(inv.amount),
-                    (inv.conversions_count as i64).into(),
-                    c.status.into(),
-                    c.comment.into(),
-                    inv.payment_system_id.into(),
-                    c.run_id.into(),
-                    codec.date(c.run_key.start_date),
-                    codec.date(c.run_key.end_date),
-                ],
+                invoice_values(codec, c).into(),
             ))
             .await;
         let invoice_id: i64 = match inserted {
@@ -254,22 +261,7 @@ impl Store {
                 "({}, {}, {}, {}, {}, {}, {}, {}, {}, 'auto', {}, {}, {}, {})",
                 p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12]
             ));
-            let inv = &c.invoice;
-            values.extend([
-                c.tenant_id.into(),
-                c.affiliate_id.into(),
-                inv.currency.as_str().into(),
-                codec.instant(inv.from),
-                codec.instant(inv.to),
-                codec.money(inv.amount),
-                (inv.conversions_count as i64).into(),
-                c.status.into(),
-                c.comment.into(),
-                inv.payment_system_id.into(),
-                c.run_id.into(),
-                codec.date(c.run_key.start_date),
-                codec.date(c.run_key.end_date),
-            ]);
+            values.extend(invoice_values(codec, c));
         }
         sql.push_str(" RETURNING id, affiliate_id, currency");
         let inserted = match txn.query_all_raw(self.statement(&sql, values)).await {

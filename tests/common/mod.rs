@@ -237,6 +237,68 @@ impl TestDb {
         rows[0].try_get("", "id").unwrap()
     }
 
+    /// Active affiliates of `tenant` with the given ids, each with a USD payment system and
+    /// one approved USD conversion at `at` (payment system and conversion ids = the
+    /// affiliate's; payout = the id in cents), in a few multi-row inserts.
+    pub async fn bulk_affiliates(&self, tenant: i64, ids: &[i64], at: &str) {
+        let codec = self.codec();
+        for chunk in ids.chunks(500) {
+            let rows = |cols: usize| {
+                (0..chunk.len())
+                    .map(|r| {
+                        let p: Vec<String> =
+                            (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+                        format!("({})", p.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            self.exec(
+                &format!(
+                    "INSERT INTO affiliates (id, tenant_id, name, status) VALUES {}",
+                    rows(4)
+                ),
+                chunk
+                    .iter()
+                    .flat_map(|&id| [id.into(), tenant.into(), "a".into(), "active".into()])
+                    .collect(),
+            )
+            .await;
+            self.exec(
+                &format!(
+                    "INSERT INTO payment_systems (id, affiliate_id, currency) VALUES {}",
+                    rows(3)
+                ),
+                chunk
+                    .iter()
+                    .flat_map(|&id| [id.into(), id.into(), "USD".into()])
+                    .collect(),
+            )
+            .await;
+            self.exec(
+                &format!(
+                    "INSERT INTO conversions (id, tenant_id, affiliate_id, occurred_at, status, payout, currency) VALUES {}",
+                    rows(7)
+                ),
+                chunk
+                    .iter()
+                    .flat_map(|&id| {
+                        [
+                            id.into(),
+                            tenant.into(),
+                            id.into(),
+                            codec.instant(t(at)),
+                            "approved".into(),
+                            codec.money(Decimal::new(id, 2)),
+                            "USD".into(),
+                        ]
+                    })
+                    .collect(),
+            )
+            .await;
+        }
+    }
+
     pub async fn link(&self, conversion: i64, invoice: i64) {
         self.exec(
             "UPDATE conversions SET invoice_id = $1 WHERE id = $2",
