@@ -14,13 +14,7 @@ fn one_line(bytes: &[u8]) -> String {
 }
 
 fn bare() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoinvoice"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AUTOINVOICE") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
+    common::binary()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use autoinvoice::cluster::{Membership, jump_consistent_hash, rendezvous_owner};
-use common::daemon::{Api, Daemon, config, eventually};
+use common::daemon::{Api, Daemon, config, eventually, try_metric};
 use common::{Kind, TestDb};
 
 const TENANTS: i64 = 60;
@@ -55,11 +55,7 @@ async fn assert_invoiced_exactly_once(db: &TestDb) {
 }
 
 fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    try_metric(page, series).unwrap_or(f64::NAN)
 }
 
 fn node_config(dir: &std::path::Path, node: &str, cluster: &str) -> std::path::PathBuf {

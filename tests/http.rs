@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{Api, BASE_CONFIG, Daemon, Reply, config, eventually};
+use common::daemon::{Api, BASE_CONFIG, Daemon, Reply, config, eventually, metric};
 use common::openapi::assert_conforms;
 use common::{TestDb, t};
 
@@ -75,15 +75,6 @@ fn checked(method: &str, template: &str, reply: &Reply) -> serde_json::Value {
     let body = reply.json();
     assert_conforms(method, template, reply.status, &body);
     body
-}
-
-/// `name{labels} value` of the metrics page.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
 }
 
 both_backends!(

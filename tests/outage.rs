@@ -7,16 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::TestDb;
-use common::daemon::{Api, Daemon, config, eventually};
+use common::daemon::{Api, Daemon, config, eventually, metric};
 use common::pgcluster::PgCluster;
-
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_due_during_an_outage_stay_overdue_until_they_complete() {

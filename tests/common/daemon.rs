@@ -18,16 +18,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(db: &TestDb, config: &Path, clock_start: &str, envs: &[(&str, &str)]) -> Self {
         let log = config.with_extension(format!("{}.log", std::process::id() ^ rand_suffix()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoinvoice"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AUTOINVOICE")
-                || k == "RUST_LOG"
-                || k.starts_with("NOTIFY_SOCKET")
-                || k.starts_with("WATCHDOG")
-            {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = super::binary();
         cmd.args(["--config"])
             .arg(config)
             .args([
@@ -163,6 +154,19 @@ impl Daemon {
             .unwrap();
         format!("http://{addr}")
     }
+}
+
+/// The value of `series` (`name{labels}`) on a Prometheus metrics page, if present.
+pub fn try_metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// As [`try_metric`], panicking with the page when the series is missing.
+pub fn metric(page: &str, series: &str) -> f64 {
+    try_metric(page, series).unwrap_or_else(|| panic!("no {series} in:\n{page}"))
 }
 
 /// A response: status, body, content type.

@@ -309,12 +309,7 @@ impl TestDb {
 
     /// The real binary, with this database and an empty config file.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoinvoice"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AUTOINVOICE") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = binary();
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--database-url")
@@ -531,6 +526,22 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// The real `autoinvoice` binary, with none of this environment's settings leaking in
+/// (AUTOINVOICE*, RUST_LOG, systemd's NOTIFY_SOCKET and WATCHDOG_*).
+pub fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoinvoice"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AUTOINVOICE")
+            || k == "RUST_LOG"
+            || k.starts_with("NOTIFY_SOCKET")
+            || k.starts_with("WATCHDOG")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// Parses an instant from a JSON string field.
